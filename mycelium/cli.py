@@ -1,0 +1,169 @@
+"""The `mycelium` command.
+
+    $ mycelium graph gsm8k/test/0
+    Janet’s ducks lay [16]q0 eggs per day. She eats [three]q1 for breakfast …
+    s0 = sub(q0, q1, q2)              16 - 3 - 4 = 9
+    s1 = mul(s0, q3)                  9 * 2 = 18   <- answer
+
+Every error a user can cause prints one line, "error: …", and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from typing import Optional
+
+import typer
+
+from .errors import BadInput, MyceliumError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Answer math word problems with operation graphs distilled from teacher attention.")
+data_app = typer.Typer(no_args_is_help=True, help="List, show and summarise datasets.")
+app.add_typer(data_app, name="data")
+
+SourceOpt = typer.Option("local", "--source", help="local, hub, or a path (.jsonl file or dataset folder)")
+RootOpt = typer.Option(None, "--data-root", envvar="MYCELIUM_DATA", help="folder of JSON Lines datasets")
+
+
+@data_app.command("list")
+def data_list(root: Optional[str] = RootOpt):
+    """Registered datasets, their splits, and the rows found locally."""
+    from .config import data_root
+    from .data import dataset_spec, registry, splits
+
+    typer.echo(f"data root: {data_root(root)}")
+    for name in registry():
+        spec = dataset_spec(name)
+        for split in splits(name):
+            entry = spec["splits"].get(split, {})
+            path = data_root(root) / entry["file"] if "file" in entry else None
+            rows = sum(1 for line in open(path, encoding="utf-8") if line.strip()) if path and path.is_file() else None
+            where = f"{rows} rows" if rows is not None else ("carved from " + spec["dev"]["from"] if split in ("dev", "fit") else "not local")
+            typer.echo(f"  {name:<9} {split:<8} {where:<22} hub: {entry.get('hub', '-')}")
+
+
+@data_app.command("show")
+def data_show(problem_id: str, source: str = SourceOpt, root: Optional[str] = RootOpt,
+              as_json: bool = typer.Option(False, "--json")):
+    """One problem by id, e.g. gsm8k/test/0."""
+    from .data import get
+
+    p = get(problem_id, source, root)
+    if as_json:
+        typer.echo(json.dumps(p.to_json(), ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"{p.id}\n\nquestion: {p.question}\n\nanswer:   {p.answer}")
+    if p.solution:
+        typer.echo(f"\nsolution:\n{p.solution}")
+    if p.extra:
+        typer.echo(f"\nextra: {json.dumps(p.extra, ensure_ascii=False)}")
+
+
+def split_stats(problems) -> dict:
+    from .numbers import find_quantities
+    from .reference import annotations
+
+    words = [len(p.question.split()) for p in problems]
+    quantities = [len(find_quantities(p.question)) for p in problems]
+    stats = {"problems": len(problems),
+             "question words (median)": statistics.median(words) if words else 0,
+             "quantities per question (mean)": round(statistics.fmean(quantities), 2) if quantities else 0}
+    solved = [p for p in problems if p.solution]
+    if solved and any("<<" in p.solution for p in solved):
+        stats["annotated steps (mean)"] = round(statistics.fmean(len(annotations(p.solution)) for p in solved), 2)
+    return stats
+
+
+@data_app.command("stats")
+def data_stats(dataset: str, split: Optional[str] = typer.Option(None, help="default: every split"),
+               source: str = SourceOpt, root: Optional[str] = RootOpt):
+    """Sizes, question lengths and quantity counts of a dataset."""
+    from .data import load, splits
+
+    for s in [split] if split else splits(dataset):
+        try:
+            problems = load(dataset, s, source, root)
+        except MyceliumError as e:
+            if split:
+                raise
+            typer.echo(f"{dataset}/{s}: unavailable ({e})")
+            continue
+        typer.echo(f"{dataset}/{s}: " + ", ".join(f"{k} {v}" for k, v in split_stats(problems).items()))
+
+
+@app.command()
+def graph(problem_id: Optional[str] = typer.Argument(None, help="e.g. gsm8k/test/0"),
+          coverage: bool = typer.Option(False, "--coverage", help="share of a split whose graph re-executes to gold"),
+          split: str = typer.Option("train", help="with --coverage: the GSM8K split"),
+          as_json: bool = typer.Option(False, "--json"),
+          source: str = SourceOpt, root: Optional[str] = RootOpt):
+    """A problem's reference operation graph, or the coverage of reference graphs."""
+    from .data import get, load
+    from .executor import execute
+    from .graph import render
+    from .reference import coverage as measure, reference_graph
+
+    if coverage:
+        result = measure(load("gsm8k", split, source, root), progress=sys.stderr.isatty())
+        typer.echo(json.dumps({"split": split, "coverage_percent": round(result.percent, 2), "ok": result.ok,
+                               "total": result.total, "reasons": dict(result.reasons)}) if as_json else result.table())
+        return
+    if not problem_id:
+        raise BadInput("give a problem id (e.g. gsm8k/test/0) or --coverage")
+    g = reference_graph(get(problem_id, source, root))
+    run = execute(g)
+    if as_json:
+        typer.echo(json.dumps({**g.to_json(), "values": [str(v) for v in run.values],
+                               "error": str(run.error) if run.error else None}, ensure_ascii=False, indent=2))
+        return
+    typer.echo(render(g, run.values))
+    typer.echo(f"\nanswer: {run.answer}" if run.ok else f"\nexecutor error: {run.error}")
+
+
+@app.command()
+def quantities(text: str = typer.Argument(..., help="problem text")):
+    """The quantities the lexer finds in a text, with their spans and values."""
+    from .data import check_question
+    from .graph import Graph, marked_question
+    from .numbers import find_quantities
+
+    qs = find_quantities(check_question(text))
+    typer.echo(marked_question(Graph(text, qs, [])))
+    for i, q in enumerate(qs):
+        typer.echo(f"  q{i}  {q.text!r:<16} value {q.value}  chars {q.start}-{q.end}" + ("  percent" if q.percent else ""))
+
+
+@app.command()
+def run(root: Optional[str] = RootOpt):
+    """The main job: datasets and reference-graph summary (the full pipeline lands with the solver)."""
+    from .data import load, registry, splits
+    from .reference import coverage as measure
+
+    typer.echo("datasets")
+    for name in registry():
+        for s in splits(name):
+            try:
+                stats = split_stats(load(name, s, "local", root))
+            except MyceliumError:
+                continue
+            typer.echo(f"  {name + '/' + s:<16} " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    typer.echo("\nGSM8K train reference graphs")
+    typer.echo(measure(load("gsm8k", "train", "local", root), progress=sys.stderr.isatty()).table())
+
+
+def main() -> None:
+    try:
+        app()
+    except MyceliumError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

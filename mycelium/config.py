@@ -1,0 +1,70 @@
+"""Configuration as dataclasses that load from YAML.
+
+    >>> cfg = load_config(DataConfig, {"dev_size": 200})
+    >>> cfg.dev_size, cfg.seed
+    (200, 0)
+
+A YAML file (or a dict) supplies any subset of fields; unknown keys are an
+error rather than silently ignored, so a typo never changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import BadInput, MissingFile
+
+T = TypeVar("T")
+
+# The shipped datasets live beside the checkout: <repo>/../shared/data.
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_ENV = "MYCELIUM_DATA"
+
+
+def data_root(override: str | os.PathLike | None = None) -> Path:
+    """The local datasets folder: argument, then $MYCELIUM_DATA, then ../shared/data."""
+    return Path(override or os.environ.get(DATA_ENV) or DEFAULT_DATA_ROOT)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    root: str | None = None  # None: $MYCELIUM_DATA or ../shared/data
+    dev_size: int = 500  # problems carved from GSM8K train for tuning
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ExecutorConfig:
+    time_budget_s: float = 1.0  # wall clock per graph
+    max_digits: int = 60  # |numerator| and |denominator| of every value below 10**max_digits
+    max_exponent: int = 1000
+    max_steps: int = 256
+    max_operands: int = 64
+
+
+def load_config(cls: type[T], source: str | os.PathLike | dict[str, Any] | None = None) -> T:
+    """Build `cls` from a YAML path or a dict; missing fields keep their defaults."""
+    if source is None:
+        return cls()
+    if isinstance(source, dict):
+        values = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise MissingFile(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise BadInput(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        if not isinstance(values, dict):
+            raise BadInput(f"{path}: expected a mapping of settings")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise BadInput(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
+    return cls(**values)

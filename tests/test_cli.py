@@ -1,0 +1,78 @@
+"""The CLI as a user runs it: real processes, exit codes, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def mycelium(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mycelium.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def assert_clean_error(proc, message):
+    assert proc.returncode == 2, proc
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+def test_graph_renders_first_test_problem():
+    proc = mycelium("graph", "gsm8k/test/0")
+    assert proc.returncode == 0, proc.stderr
+    assert "s0 = sub(q0, q1, q2)" in proc.stdout and "answer: 18" in proc.stdout
+
+
+def test_graph_json():
+    out = json.loads(mycelium("graph", "gsm8k/test/0", "--json").stdout)
+    assert out["values"] == ["9", "18"] and out["answer"] == 1
+
+
+@pytest.mark.slow
+def test_graph_coverage_prints_a_percentage():
+    proc = mycelium("graph", "--coverage")
+    assert proc.returncode == 0
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("coverage: ") and "%" in first
+    assert float(first.split()[1].rstrip("%")) >= 96.0
+
+
+def test_data_commands():
+    assert "gsm8k     train    7473 rows" in mycelium("data", "list").stdout
+    show = mycelium("data", "show", "asdiv/test/0")
+    assert show.returncode == 0 and "answer:   9 (apples)" in show.stdout
+    stats = mycelium("data", "stats", "gsm8k", "--split", "test")
+    assert "gsm8k/test: problems 1319" in stats.stdout
+
+
+def test_quantities_command():
+    proc = mycelium("quantities", "She eats three eggs and sells 1,200.")
+    assert "She eats [three]q0 eggs and sells [1,200]q1." in proc.stdout
+
+
+def test_unknown_dataset():
+    assert_clean_error(mycelium("data", "stats", "nope"), "unknown dataset 'nope'")
+
+
+def test_bad_problem_id():
+    assert_clean_error(mycelium("graph", "gsm8k-0"), "bad problem id")
+
+
+def test_empty_question():
+    assert_clean_error(mycelium("quantities", "   "), "question is empty")
+
+
+def test_missing_file(tmp_path):
+    assert_clean_error(mycelium("data", "stats", "gsm8k", "--split", "test", "--source", str(tmp_path / "x.jsonl")),
+                       "not found")
+    assert_clean_error(mycelium("data", "stats", "svamp", "--split", "test", "--data-root", str(tmp_path)),
+                       "svamp/test.jsonl")
+
+
+def test_malformed_row_warns_and_loads_the_rest(write_jsonl):
+    path = write_jsonl("rows.jsonl", ['{"question": "Ann has 4 pens. How many?", "answer": "#### 4"}', "{oops"])
+    proc = mycelium("data", "stats", "gsm8k", "--split", "test", "--source", str(path))
+    assert proc.returncode == 0 and "problems 1" in proc.stdout
+    assert f"{path}:2: skipped: malformed JSON" in proc.stderr and "Traceback" not in proc.stderr
