@@ -123,6 +123,78 @@ def graph(problem_id: Optional[str] = typer.Argument(None, help="e.g. gsm8k/test
     typer.echo(f"\nanswer: {run.answer}" if run.ok else f"\nexecutor error: {run.error}")
 
 
+RunOpt = typer.Option("runs/default", "--run", help="run folder: every stage reads and writes inside it")
+trace_app = typer.Typer(help="Capture teacher attention traces (and `trace show ID` to read one).")
+app.add_typer(trace_app, name="trace")
+
+
+def _ints(text: Optional[str]) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadInput(f"expected comma-separated integers, got {text!r}") from None
+
+
+@trace_app.callback(invoke_without_command=True)
+def trace(ctx: typer.Context,
+          dataset: str = typer.Option("gsm8k"), split: str = typer.Option("train"),
+          limit: Optional[int] = typer.Option(None, help="first N problems of the split"),
+          mode: str = typer.Option("forced", help="forced (reference solution) or generate (teacher's own, kept if correct)"),
+          teacher: str = typer.Option("smollm2", help="smollm2 (embedded), a hub id, a folder, or a .gguf file"),
+          dtype: str = typer.Option("float32", help="float32, bfloat16 or float16"),
+          device: str = typer.Option("auto", help="auto, cpu or cuda"),
+          layers: Optional[str] = typer.Option(None, help="comma-separated layer indices (default: all)"),
+          heads: Optional[str] = typer.Option(None, help="comma-separated head indices (default: all)"),
+          shard_size: int = typer.Option(16), max_new_tokens: int = typer.Option(256),
+          trust_remote_code: bool = typer.Option(False, help="allow the teacher's own modelling code"),
+          engine: str = typer.Option("local", help="local (in-process) or ray"),
+          ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local instance)"),
+          run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[str] = RootOpt):
+    """Trace a dataset split: one teacher pass per problem, attention reduced to the problem tokens."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pathlib import Path
+
+    from .data import load
+    from .teacher import TeacherConfig
+    from .trace import TraceConfig
+    from .tracer import run_traces
+
+    if limit is not None and limit < 1:
+        raise BadInput("--limit must be at least 1")
+    problems = load(dataset, split, source, root)[:limit]
+    cfg = TraceConfig(teacher=TeacherConfig(model=teacher, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
+                      mode=mode, layers=_ints(layers), heads=_ints(heads), shard_size=shard_size,
+                      max_new_tokens=max_new_tokens)
+    out = Path(run_dir) / "traces"
+    stats = run_traces(problems, cfg, out, engine, ray_address, progress=True,
+                       inputs={"dataset": dataset, "split": split, "limit": limit, "source": source})
+    typer.echo(f"{stats['traced']} traces in {out} ({(stats['bytes_per_problem'] or 0) / 1e6:.2f} MB/problem"
+               + (f", solve rate {stats['solve_rate']:.1%}" if mode == "generate" else "") + ")")
+    typer.echo(json.dumps(stats["last_run"]))
+
+
+@trace_app.command("show")
+def trace_show(problem_id: str, run_dir: str = RunOpt,
+               layers: Optional[str] = typer.Option(None, help="restrict to these layers (indices into the trace)"),
+               heads: Optional[str] = typer.Option(None, help="restrict to these heads")):
+    """A trace's summary: tokens, phases, top attended problem tokens per solution line."""
+    from pathlib import Path
+
+    from .store import TraceStore
+    from .trace import summary
+
+    t = TraceStore(Path(run_dir) / "traces").get(problem_id)
+    if layers or heads:
+        li = [t.layers.index(i) for i in _ints(layers)] if layers else list(range(len(t.layers)))
+        hi = [t.heads.index(i) for i in _ints(heads)] if heads else list(range(len(t.heads)))
+        t.attn, t.mass = t.attn[li][:, hi], t.mass[li][:, hi]
+        t.layers, t.heads = [t.layers[i] for i in li], [t.heads[i] for i in hi]
+    typer.echo(summary(t))
+
+
 @app.command()
 def quantities(text: str = typer.Argument(..., help="problem text")):
     """The quantities the lexer finds in a text, with their spans and values."""

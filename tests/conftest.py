@@ -15,3 +15,36 @@ def write_jsonl(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded teacher (SmolLM2-135M-Instruct GGUF), loaded once: about 20 s."""
+    from mycelium.teacher import Teacher
+
+    return Teacher.load()
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory):
+    """A 2-layer, 2-head random Llama saved as safetensors with SmolLM2's tokenizer.
+
+    It stands in for a hub checkout: the same from_pretrained(folder) path a
+    hub id takes, without the network, and it loads in a second.
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mycelium.teacher import resolve
+
+    folder, gguf = resolve("smollm2")
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-teacher")
+    LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return str(path)

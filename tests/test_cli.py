@@ -76,3 +76,20 @@ def test_malformed_row_warns_and_loads_the_rest(write_jsonl):
     proc = mycelium("data", "stats", "gsm8k", "--split", "test", "--source", str(path))
     assert proc.returncode == 0 and "problems 1" in proc.stdout
     assert f"{path}:2: skipped: malformed JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_trace_and_show(tmp_path, tiny_teacher_dir):
+    run = str(tmp_path / "run")
+    proc = mycelium("trace", "--limit", "2", "--teacher", tiny_teacher_dir, "--run", run)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 traces in" in proc.stdout and "problems_per_s" in proc.stdout
+    assert "trace: 100%" in proc.stderr and "problem/s" in proc.stderr  # progress bar with a rate
+    show = mycelium("trace", "show", "gsm8k/train/1", "--run", run)
+    assert show.returncode == 0 and "Weng earns 12/60 = $0.2 per minute." in show.stdout
+
+
+def test_trace_bad_inputs(tmp_path):
+    assert_clean_error(mycelium("trace", "--limit", "1", "--teacher", str(tmp_path / "x.gguf"), "--run", str(tmp_path)),
+                       "teacher GGUF file not found")
+    assert_clean_error(mycelium("trace", "show", "gsm8k/train/0", "--run", str(tmp_path / "none")), "run `mycelium trace` first")
+    assert_clean_error(mycelium("trace", "--limit", "0", "--run", str(tmp_path)), "--limit must be at least 1")
