@@ -195,6 +195,54 @@ def trace_show(problem_id: str, run_dir: str = RunOpt,
     typer.echo(summary(t))
 
 
+signals_app = typer.Typer(no_args_is_help=True, help="Measure attention signals against gold structure.")
+app.add_typer(signals_app, name="signals")
+
+
+@signals_app.command("report")
+def signals_report(run_dir: str = RunOpt,
+                   select: int = typer.Option(50, help="traced problems used to choose heads; the rest are held out"),
+                   k: int = typer.Option(3, help="provenance heads to choose")):
+    """Boundary, provenance and clause figures with baselines; chooses heads for later stages."""
+    from pathlib import Path
+
+    from .quality import report, table
+    from .store import TraceStore, atomic_write
+
+    store = TraceStore(Path(run_dir) / "traces")
+    traces = list(store)
+    if len(traces) < 2:
+        raise BadInput(f"the report needs at least 2 traced problems; {len(traces)} in {store.root}")
+    rep = report(traces, select=select, k=k)
+    rep["inputs"] = {"traces": len(traces), "trace_config_key": store.manifest["config_key"]}
+    out = Path(run_dir) / "signals"
+    text = table(rep)
+    atomic_write(out / "report.json", json.dumps(rep, indent=1).encode())
+    atomic_write(out / "report.txt", text.encode())
+    typer.echo(text)
+    typer.echo(f"\nwrote {out / 'report.json'} and {out / 'report.txt'}")
+
+
+@app.command()
+def show(problem_id: str, run_dir: str = RunOpt, out: Optional[str] = typer.Option(None, help="HTML file to write")):
+    """Write the span viewer page for one traced problem."""
+    from pathlib import Path
+
+    from .store import TraceStore, atomic_write
+    from .viewer import page
+
+    trace = TraceStore(Path(run_dir) / "traces").get(problem_id)
+    heads, rate = None, 0.08
+    rep_path = Path(run_dir) / "signals" / "report.json"
+    if rep_path.exists():
+        rep = json.loads(rep_path.read_text())
+        heads = [tuple(h) for h in rep["heads_index"]["provenance"]]
+        rate = rep["boundaries"]["top-k rate (boundaries per token, from select)"]
+    path = Path(out) if out else Path(run_dir) / "show" / (problem_id.replace("/", "_") + ".html")
+    atomic_write(path, page(trace, heads, rate).encode())
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def quantities(text: str = typer.Argument(..., help="problem text")):
     """The quantities the lexer finds in a text, with their spans and values."""

