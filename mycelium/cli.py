@@ -229,17 +229,13 @@ def show(problem_id: str, run_dir: str = RunOpt, out: Optional[str] = typer.Opti
     from pathlib import Path
 
     from .store import TraceStore, atomic_write
-    from .viewer import page
+    from .viewer import Reading, page
 
     trace = TraceStore(Path(run_dir) / "traces").get(problem_id)
-    heads, rate = None, 0.08
     rep_path = Path(run_dir) / "signals" / "report.json"
-    if rep_path.exists():
-        rep = json.loads(rep_path.read_text())
-        heads = [tuple(h) for h in rep["heads_index"]["provenance"]]
-        rate = rep["boundaries"]["top-k rate (boundaries per token, from select)"]
+    reading = Reading.from_report(json.loads(rep_path.read_text())) if rep_path.exists() else Reading()
     path = Path(out) if out else Path(run_dir) / "show" / (problem_id.replace("/", "_") + ".html")
-    atomic_write(path, page(trace, heads, rate).encode())
+    atomic_write(path, page(trace, reading).encode())
     typer.echo(f"wrote {path}")
 
 

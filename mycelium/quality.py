@@ -252,10 +252,12 @@ def phase_table(examples: list[Example], prov_heads: np.ndarray, bound_heads: np
         jsd["generation"].append(float(js_divergence(rows[..., :-1, :], rows[..., 1:, :]).mean()))
     for phase in shares:
         c = counts[phase]
-        shares[phase] = {f"peaks at {k}s": c.get(k, 0) / max(c.get("total", 1), 1) for k in ("number", "boundary", "artefact")}
+        label = {"number": "peaks at numbers", "boundary": "peaks at boundary tokens (punctuation)",
+                 "artefact": "peaks at tokenizer artefacts"}
+        shares[phase] = {label[k]: c.get(k, 0) / max(c.get("total", 1), 1) for k in label}
         shares[phase]["mean JSD (nats)"] = float(np.mean(jsd[phase])) if jsd[phase] else None
     shares["generation"]["provenance: best head / worst head"] = [float(prov_heads.max()), float(prov_heads.min())]
-    shares["generation"]["boundary F1: best head / worst head"] = [float(bound_heads.max()), float(bound_heads.min())]
+    shares["generation"]["boundary F1: best head / worst head"] = [float(np.nanmax(bound_heads)), float(np.nanmin(bound_heads))]
     return shares
 
 
@@ -280,6 +282,7 @@ def report(traces: list[Trace], select: int = 50, k: int = 3) -> dict:
     bound_c = boundary_per_head(chosen, True, gold_rate)
     bound_r = boundary_per_head(chosen, False, gold_rate)
     bhead_c, bhead_r = top_heads(bound_c, 1), top_heads(bound_r, 1)
+    boundary_contrast = bool(np.nanmax(bound_c) >= np.nanmax(bound_r))  # decided on select, like the heads
     layer0 = [(0, h) for h in range(len(heads))]
 
     name = lambda hs: [f"L{layers[l]}H{heads[h]}" for l, h in hs]  # noqa: E731
@@ -287,7 +290,8 @@ def report(traces: list[Trace], select: int = 50, k: int = 3) -> dict:
         "problems": {"select": len(chosen), "held_out": len(held)},
         "heads": {"provenance (contrast)": name(best_c), "provenance (raw)": name(best_r),
                   "boundary (contrast)": name(bhead_c), "boundary (raw)": name(bhead_r)},
-        "heads_index": {"provenance": best_c, "boundary": bhead_c},
+        "heads_index": {"provenance": best_c, "provenance_contrast": True,
+                        "boundary": bhead_c if boundary_contrast else bhead_r, "boundary_contrast": boundary_contrast},
         "provenance": {
             f"contrast, best {k} heads": provenance(held, best_c, True).row(),
             f"raw, best {k} heads": provenance(held, best_r, False).row(),
@@ -305,7 +309,7 @@ def report(traces: list[Trace], select: int = 50, k: int = 3) -> dict:
             "top-k rate (boundaries per token, from select)": gold_rate,
         },
         "clauses": clause_hits(held, best_c, True),
-        "phases": phase_table(held, prov_c, bound_c),
+        "phases": phase_table(held, prov_c, np.fmax(bound_c, bound_r)),
     }
     return out
 

@@ -6,8 +6,9 @@
 The page shows the problem with each step's clause-expanded IAF region in the
 step's own colour, the solution with the JSD step boundaries marked (gold line
 starts too, dashed, for comparison), and the JSD curve as an embedded PNG. If
-`mycelium signals report` has chosen heads for this run, the page reads
-attention through them; otherwise through the contrast mean of all heads.
+`mycelium signals report` has chosen heads for this run, the page reads IAF
+through its provenance heads and boundaries through its boundary head;
+otherwise through the contrast mean of all heads.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,10 +27,28 @@ from .trace import Trace
 COLOURS = ["#ffd54f", "#81d4fa", "#a5d6a7", "#f48fb1", "#ce93d8", "#ffab91", "#b0bec5", "#e6ee9c", "#80cbc4", "#bcaaa4"]
 
 
-def steps(trace: Trace, heads=None, rate: float = 0.08) -> tuple[np.ndarray, list[int], list[dict]]:
+@dataclass
+class Reading:
+    """Which heads to read, and how: chosen by `mycelium signals report`, or defaults."""
+
+    iaf_heads: list | None = None  # None: all heads
+    boundary_heads: list | None = None
+    boundary_contrast: bool = True
+    rate: float = 0.08  # top-k boundaries per solution token
+
+    @classmethod
+    def from_report(cls, rep: dict) -> "Reading":
+        h = rep["heads_index"]
+        return cls([tuple(x) for x in h["provenance"]], [tuple(x) for x in h["boundary"]], h["boundary_contrast"],
+                   rep["boundaries"]["top-k rate (boundaries per token, from select)"])
+
+
+def steps(trace: Trace, reading: Reading | None = None) -> tuple[np.ndarray, list[int], list[dict]]:
     """(JSD curve, predicted boundaries, steps) where each step has its token range, IAF and problem region."""
-    a = read(trace, heads, contrast=True)  # [sol, prob]
-    curve = jsd_curve(a)
+    r = reading or Reading()
+    a = read(trace, r.iaf_heads, contrast=True)  # [sol, prob]
+    curve = jsd_curve(read(trace, r.boundary_heads, contrast=r.boundary_contrast))
+    rate = r.rate
     cuts = boundaries(curve, "topk", rate)
     clauses = parse(trace.question)
     edges = [0] + cuts + [len(trace.solution_ids)]
@@ -111,9 +131,10 @@ def _solution_html(trace: Trace, found: list[dict], cuts: list[int], gold: list[
     return "".join(out)
 
 
-def page(trace: Trace, heads=None, rate: float = 0.08, title: str | None = None) -> str:
+def page(trace: Trace, reading: Reading | None = None, title: str | None = None) -> str:
     """The whole HTML page as a string."""
-    curve, cuts, found = steps(trace, heads, rate)
+    reading = reading or Reading()
+    curve, cuts, found = steps(trace, reading)
     gold = line_starts(trace)
     png = base64.b64encode(curve_png(curve, cuts, gold)).decode()
     legend = "".join(
@@ -121,7 +142,9 @@ def page(trace: Trace, heads=None, rate: float = 0.08, title: str | None = None)
         f'tokens {s["start"]}–{s["end"]}; region: '
         f'“{html.escape(trace.question[s["region"][0]:s["region"][1]]) if s["region"] else "—"}”</li>'
         for s in found)
-    read_with = "heads " + ", ".join(f"L{trace.layers[l]}H{trace.heads[h]}" for l, h in heads) if heads else "contrast mean of all heads"
+    name = lambda hs: ", ".join(f"L{trace.layers[l]}H{trace.heads[h]}" for l, h in hs) if hs else "all heads"  # noqa: E731
+    read_with = (f"IAF: contrast, {name(reading.iaf_heads)}; boundaries: "
+                 f"{'contrast' if reading.boundary_contrast else 'raw'}, {name(reading.boundary_heads)}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title or trace.id)}</title>
 <style>

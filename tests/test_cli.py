@@ -93,3 +93,16 @@ def test_trace_bad_inputs(tmp_path):
                        "teacher GGUF file not found")
     assert_clean_error(mycelium("trace", "show", "gsm8k/train/0", "--run", str(tmp_path / "none")), "run `mycelium trace` first")
     assert_clean_error(mycelium("trace", "--limit", "0", "--run", str(tmp_path)), "--limit must be at least 1")
+
+
+def test_signals_report_and_show(tmp_path, tiny_teacher_dir):
+    run = str(tmp_path / "run")
+    assert mycelium("trace", "--limit", "4", "--teacher", tiny_teacher_dir, "--run", run).returncode == 0
+    rep = mycelium("signals", "report", "--run", run, "--select", "2")
+    assert rep.returncode == 0, rep.stderr
+    assert "provenance accuracy (%)" in rep.stdout and "baseline: random, same count as top-k" in rep.stdout
+    saved = json.loads((tmp_path / "run" / "signals" / "report.json").read_text())
+    assert saved["problems"] == {"select": 2, "held_out": 2} and saved["inputs"]["traces"] == 4
+    show = mycelium("show", "gsm8k/train/0", "--run", run)
+    assert show.returncode == 0 and (tmp_path / "run" / "show" / "gsm8k_train_0.html").is_file()
+    assert_clean_error(mycelium("show", "gsm8k/train/99", "--run", run), "no trace for 'gsm8k/train/99'")
