@@ -256,8 +256,8 @@ def phase_table(examples: list[Example], prov_heads: np.ndarray, bound_heads: np
                  "artefact": "peaks at tokenizer artefacts"}
         shares[phase] = {label[k]: c.get(k, 0) / max(c.get("total", 1), 1) for k in label}
         shares[phase]["mean JSD (nats)"] = float(np.mean(jsd[phase])) if jsd[phase] else None
-    shares["generation"]["provenance: best head / worst head"] = [float(prov_heads.max()), float(prov_heads.min())]
-    shares["generation"]["boundary F1: best head / worst head"] = [float(np.nanmax(bound_heads)), float(np.nanmin(bound_heads))]
+    shares["generation"]["provenance, per head on select: best / worst"] = [float(prov_heads.max()), float(prov_heads.min())]
+    shares["generation"]["boundary F1, per head on select: best / worst"] = [float(np.nanmax(bound_heads)), float(np.nanmin(bound_heads))]
     return shares
 
 
@@ -336,7 +336,7 @@ def table(rep: dict) -> str:
         r, g = ph["reading"][k], ph["generation"][k]
         fmt = (lambda v: f"{v:.3f}") if "JSD" in k else pct
         lines_.append(f"  {k:<42}{fmt(r):>10}{fmt(g):>12}")
-    for k in ("provenance: best head / worst head", "boundary F1: best head / worst head"):
+    for k in ("provenance, per head on select: best / worst", "boundary F1, per head on select: best / worst"):
         b, w = ph["generation"][k]
         lines_.append(f"  {k:<42}{'':>10}{pct(b) + ' / ' + pct(w).strip():>12}")
     lines_ += ["", "heads: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in rep["heads"].items())]
