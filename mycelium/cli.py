@@ -239,6 +239,52 @@ def show(problem_id: str, run_dir: str = RunOpt, out: Optional[str] = typer.Opti
     typer.echo(f"wrote {path}")
 
 
+labels_app = typer.Typer(no_args_is_help=True, help="Build execution-validated training labels from traces.")
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("build")
+def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[str] = RootOpt,
+                 min_uses: int = typer.Option(5, help="uses a value needs before it can be a domain constant")):
+    """Labels for every traced problem; the domain-constant table from GSM8K fit."""
+    from pathlib import Path
+
+    from .data import load
+    from .errors import MissingFile
+    from .labels import build, constant_table, mark_bridging
+    from .store import TraceStore, atomic_write
+    from .viewer import Reading
+
+    run = Path(run_dir)
+    if not (run / "traces" / "manifest.json").exists():
+        raise MissingFile(f"no traces in {run / 'traces'}: run `mycelium trace --run {run_dir}` first")
+    rep_path = run / "signals" / "report.json"
+    if not rep_path.exists():
+        raise MissingFile(f"no signals in {run / 'signals'}: run `mycelium signals report --run {run_dir}` first")
+    store = TraceStore(run / "traces")
+    if not len(store):
+        raise BadInput(f"{run / 'traces'} holds no traces")
+    table = constant_table(load("gsm8k", "fit", source, root), min_uses)
+    constants = {r["value"] for r in table if r["kept"]}
+    problems = {p.id: p for split in ("train", "test") for p in load("gsm8k", split, source, root)}
+    reading = Reading.from_report(json.loads(rep_path.read_text()))
+    examples, dropped = build(problems, store, reading, constants, progress=sys.stderr.isatty())
+    threshold = mark_bridging(examples)
+    out = run / "labels"
+    atomic_write(out / "labels.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode())
+    atomic_write(out / "constants.json", json.dumps(table, indent=1).encode())
+    total = len(examples) + sum(dropped.values())
+    manifest = {"traces_config_key": store.manifest["config_key"], "examples": len(examples), "traced": total,
+                "coverage_percent": round(100 * len(examples) / max(total, 1), 2), "dropped": dict(dropped),
+                "bridging_threshold_problem_mass": threshold, "constants": sorted(constants)}
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+    typer.echo(f"{len(examples)}/{total} traced problems labelled ({manifest['coverage_percent']}%), "
+               f"dropped: {dict(dropped) or 'none'}")
+    typer.echo("domain constants (orphaned in > 80% of uses): " + ", ".join(
+        f"{r['value']} ({r['orphaned']}/{r['uses']})" for r in table if r["kept"]))
+    typer.echo(f"wrote {out / 'labels.jsonl'}")
+
+
 @app.command()
 def quantities(text: str = typer.Argument(..., help="problem text")):
     """The quantities the lexer finds in a text, with their spans and values."""

@@ -31,12 +31,11 @@ EPS = 1e-9
 
 def read(trace: Trace, heads: list[tuple[int, int]] | None = None, contrast: bool = True) -> np.ndarray:
     """Solution→problem attention averaged over (layer, head) pairs (trace indices): [sol, prob]."""
-    a = trace.attn.astype(np.float32)  # [layer, head, sol, prob]
-    if contrast:
-        a = _contrast(a)
     if heads is None:
-        return a.mean(axis=(0, 1))
-    return np.mean([a[layer, head] for layer, head in heads], axis=0)
+        a = trace.attn.astype(np.float32)  # [layer, head, sol, prob]
+        return (_contrast(a) if contrast else a).mean(axis=(0, 1))
+    a = np.stack([trace.attn[layer, head].astype(np.float32) for layer, head in heads])  # [pair, sol, prob]
+    return (_contrast(a) if contrast else a).mean(axis=0)
 
 
 def normalise(rows: np.ndarray) -> np.ndarray:

@@ -106,3 +106,16 @@ def test_signals_report_and_show(tmp_path, tiny_teacher_dir):
     show = mycelium("show", "gsm8k/train/0", "--run", run)
     assert show.returncode == 0 and (tmp_path / "run" / "show" / "gsm8k_train_0.html").is_file()
     assert_clean_error(mycelium("show", "gsm8k/train/99", "--run", run), "no trace for 'gsm8k/train/99'")
+
+
+def test_labels_build(tmp_path, tiny_teacher_dir):
+    run = str(tmp_path / "run")
+    assert_clean_error(mycelium("labels", "build", "--run", run), "run `mycelium trace")
+    assert mycelium("trace", "--limit", "4", "--teacher", tiny_teacher_dir, "--run", run).returncode == 0
+    assert_clean_error(mycelium("labels", "build", "--run", run), "run `mycelium signals report")
+    assert mycelium("signals", "report", "--run", run, "--select", "2").returncode == 0
+    proc = mycelium("labels", "build", "--run", run)
+    assert proc.returncode == 0, proc.stderr
+    assert "4/4 traced problems labelled (100.0%)" in proc.stdout and "1/100" in proc.stdout
+    rows = [json.loads(line) for line in (tmp_path / "run" / "labels" / "labels.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/3"]
