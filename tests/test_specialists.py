@@ -1,0 +1,135 @@
+"""The specialists on MiniLM: shapes, overfitting a tiny set, checkpoints, resume after kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mycelium.specialists import SpecialistConfig, Specialists, encode, losses
+from mycelium.training import TrainConfig, evaluate, load_model, save_model, train
+
+EXAMPLE = {
+    "id": "gsm8k/train/0",
+    "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                "How many clips did Natalia sell altogether in April and May?",
+    "answer": "72",
+    "quantities": [{"start": 22, "end": 24, "text": "48", "value": "48"}],
+    "steps": [
+        {"op": "div", "region": [54, 93], "bridging": False, "depends_on": [],
+         "operands": [{"source": "quantity", "ref": 0, "value": "48"}, {"source": "orphan", "ref": None, "value": "2"}]},
+        {"op": "add", "region": [0, 48], "bridging": True, "depends_on": [0],
+         "operands": [{"source": "quantity", "ref": 0, "value": "48"}, {"source": "result", "ref": 0, "value": "24"}]},
+    ],
+    "relevance": [[0, 48], [54, 93]],
+    "goal": {"step": 1, "type": "integer"},
+}
+_Q2 = "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?"
+SECOND = {
+    "id": "gsm8k/train/1", "question": _Q2, "answer": "10",
+    "quantities": [{"start": _Q2.index("$12"), "end": _Q2.index("$12") + 3, "text": "$12", "value": "12"},
+                   {"start": _Q2.index("50"), "end": _Q2.index("50") + 2, "text": "50", "value": "50"}],
+    "steps": [
+        {"op": "div", "region": [0, 38], "bridging": False, "depends_on": [],
+         "operands": [{"source": "quantity", "ref": 0, "value": "12"}, {"source": "orphan", "ref": None, "value": "60"}]},
+        {"op": "mul", "region": [40, 87], "bridging": False, "depends_on": [0],
+         "operands": [{"source": "result", "ref": 0, "value": "1/5"}, {"source": "quantity", "ref": 1, "value": "50"}]},
+    ],
+    "relevance": [[0, 38], [40, 87]],
+    "goal": {"step": 1, "type": "integer"},
+}
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    def make():
+        torch.manual_seed(0)
+        return Specialists.create(SpecialistConfig(constants=["1/100", "365"]))
+    return make
+
+
+def test_encode_targets(fresh):
+    m = fresh()
+    b = encode(m, [EXAMPLE])
+    y = b["targets"]
+    assert y["c2"].tolist() == [[3, 0]]  # div, add
+    Q, S = 1, 2
+    assert y["c3"][0, 0, :2].tolist() == [0, Q + S + 2]  # mention 0; "2" is no kept constant: the extra slot
+    assert y["c3"][0, 1, :2].tolist() == [0, Q + 0]  # mention 0, result of step 0
+    assert y["c5"][0, 0, 1] == 1 and y["c4"].tolist() == [[0, 1]] and y["c6_goal"].tolist() == [1]
+    tokens = m.tokenizer.convert_ids_to_tokens(b["input_ids"][0])
+    relevant = [t for t, r in zip(tokens, y["c1"][0]) if r]
+    assert relevant[:3] == ["natalia", "sold", "clips"] and "?" not in relevant
+    assert not b["cand_mask"][0, 0, Q]  # step 0 cannot point at its own result
+
+
+@pytest.mark.slow
+def test_overfits_a_tiny_set(fresh):
+    m = fresh()
+    batch = encode(m, [EXAMPLE, SECOND])
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-4)
+    first = None
+    for _ in range(25):
+        loss = sum(losses(m(batch), batch).values())
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.2 * first
+    metrics = evaluate(m, [EXAMPLE, SECOND])
+    assert metrics["c2_accuracy"] == 1.0 and metrics["c3_operand_accuracy"] == 1.0
+    assert metrics["c6_goal_accuracy"] == 1.0 and metrics["c5_edge_f1"] == 1.0 and metrics["c1_token_f1"] > 0.9
+
+
+def test_checkpoint_round_trip(fresh, tmp_path):
+    m = fresh()
+    save_model(m, tmp_path, {"note": "test"})
+    again = load_model(tmp_path)
+    b = encode(m, [EXAMPLE])
+    m.eval()
+    with torch.no_grad():
+        a, c = m(b), again(b)
+    assert all(torch.allclose(a[k], c[k]) for k in a)
+    assert json.loads((tmp_path / "config.json").read_text())["specialists"]["constants"] == ["1/100", "365"]
+
+
+TRAIN_SCRIPT = """
+import sys, json, torch
+import mycelium.training as training
+from mycelium.specialists import SpecialistConfig, Specialists
+from tests.test_specialists import EXAMPLE, SECOND
+real = training._save_checkpoint
+def save_then_announce(*a, **k):
+    real(*a, **k)
+    print("CHECKPOINT", flush=True)
+training._save_checkpoint = save_then_announce
+torch.manual_seed(0)
+m = Specialists.create(SpecialistConfig(constants=["1/100"]))
+training.train(m, [EXAMPLE, SECOND] * 2, [EXAMPLE], training.TrainConfig(epochs=int(sys.argv[2]), batch_size=2, patience=99),
+               __import__("pathlib").Path(sys.argv[1]), progress=False)
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_kill(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(tmp_path), "50"], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stdout.readline().strip() == "CHECKPOINT"  # epoch 1 saved
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(tmp_path), "3"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("CHECKPOINT") <= 2  # resumed after epoch 1 (or 2), not from scratch
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
+        state = json.loads(f.metadata()["state"])
+    assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    assert (tmp_path / "model.safetensors").exists()
