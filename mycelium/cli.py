@@ -285,12 +285,56 @@ def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[
     typer.echo(f"wrote {out / 'labels.jsonl'}")
 
 
+@labels_app.command("templates")
+def labels_templates(run_dir: str = RunOpt, clusters: int = typer.Option(8, help="the taxonomy level C2 uses"),
+                     seed: int = typer.Option(0)):
+    """Operation templates by Information Bottleneck clustering (annealed β); adds a template to every step."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .errors import MissingFile
+    from .executor import execute
+    from .graph import Graph
+    from .store import atomic_write
+    from .templates import RESULT_TYPES, anneal, purity, result_type, smooth_labels, step_embeddings
+
+    path = Path(run_dir) / "labels" / "labels.jsonl"
+    if not path.exists():
+        raise MissingFile(f"no labels in {path.parent}: run `mycelium labels build --run {run_dir}` first")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise BadInput(f"{path} holds no examples")
+    x, where = step_embeddings(rows)
+    y = np.array([result_type(execute(Graph.from_json(rows[i]["graph"])).values[k]) for i, k in where])
+    fit = anneal(smooth_labels(x, y, len(RESULT_TYPES)), np.geomspace(0.05, 200, 50), seed=seed)
+    assign = np.unique(fit.assign(clusters), return_inverse=True)[1]  # templates numbered 0..n-1
+    ops = [rows[i]["steps"][k]["op"] for i, k in where]
+    table = purity(assign, ops)
+    for t in table:
+        members = [j for j in np.nonzero(assign == t["template"])[0][:3]]
+        t["examples"] = [rows[where[j][0]]["question"][slice(*(rows[where[j][0]]["steps"][where[j][1]]["region"] or (0, 80)))]
+                         for j in members]
+        t["result types"] = {RESULT_TYPES[c]: int(n) for c, n in zip(*np.unique(y[assign == t["template"]], return_counts=True))}
+    for j, (i, k) in enumerate(where):
+        rows[i]["steps"][k]["template"] = int(assign[j])
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    report = {"splits": fit.splits, "level": int(len(np.unique(assign))), "templates": table, "steps": len(where)}
+    atomic_write(path.parent / "templates.json", json.dumps(report, indent=1, ensure_ascii=False).encode())
+    typer.echo("β at which templates split: " + ", ".join(f"{s['beta']:.3g} → {s['clusters']}" for s in fit.splits))
+    for t in table:
+        typer.echo(f"  template {t['template']}: {t['size']} steps, {t['purity']:.0%} {t['majority']}, "
+                   f"e.g. “{t['examples'][0][:60]}”")
+    typer.echo(f"wrote {path.parent / 'templates.json'}")
+
+
 @app.command("train")
 def train_cmd(run_dir: str = RunOpt,
               specialist: str = typer.Option("all", help="C1..C6 (comma-separated) or all"),
               backbone: str = typer.Option("minilm", help="minilm (embedded), a hub id, or a folder"),
               epochs: int = typer.Option(8), batch_size: int = typer.Option(16), seed: int = typer.Option(0),
-              limit: Optional[int] = typer.Option(None, help="train on the first N training examples")):
+              limit: Optional[int] = typer.Option(None, help="train on the first N training examples"),
+              c2_labels: str = typer.Option("ops", help="C2's label set: ops, or templates (labels templates)")):
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
 
@@ -315,7 +359,16 @@ def train_cmd(run_dir: str = RunOpt,
     dev = [r for r in rows if r["id"] in dev_ids]
     train_set = [r for r in rows if r["id"] not in dev_ids and r["id"] not in test_ids][:limit]
     constants = json.loads((run / "labels" / "manifest.json").read_text())["constants"]
-    model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants))
+    n_templates = 0
+    if c2_labels == "templates":
+        tpath = run / "labels" / "templates.json"
+        if not tpath.exists():
+            raise MissingFile(f"no templates in {tpath.parent}: run `mycelium labels templates --run {run_dir}` first")
+        n_templates = json.loads(tpath.read_text())["level"]
+    elif c2_labels != "ops":
+        raise BadInput(f"unknown C2 label set {c2_labels!r}; use ops or templates")
+    model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants, c2_labels=c2_labels,
+                                                n_templates=n_templates))
     out = run / "models" / backbone.replace("/", "_")
     state = train(model, train_set, dev, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed), out, heads)
     best = max(state["history"], key=lambda h: h["score"])

