@@ -180,6 +180,9 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
         metrics = evaluate(model, dev_set)
         score = _score(metrics, heads)
         state["history"].append({"epoch": state["epoch"] + 1, "score": score, "seconds": time.monotonic() - t0, **metrics})
+        if progress:
+            tqdm.write(f"epoch {state['epoch'] + 1} dev: " + "  ".join(
+                f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("c")))
         if score > state["best"]:
             state["best"], state["stale"] = score, 0
             save_model(model, out, {"dev_metrics": metrics, "epoch": state["epoch"] + 1, "heads": list(heads)})
