@@ -176,7 +176,7 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         metrics = evaluate(model, dev_set)
         score = _score(metrics, heads)
         state["history"].append({"epoch": state["epoch"] + 1, "score": score, "seconds": time.monotonic() - t0, **metrics})
