@@ -82,7 +82,8 @@ def _arith_tokens(line: str) -> list[tuple[str, str, int, int]]:
         if i in quantities:
             q = quantities[i]
             num, slash, den = q.text.lstrip("$€£¥").rstrip("%").partition("/")
-            if slash and " " not in num:  # "20/4" in a solution is a division, not the fraction 5
+            after_op = bool(tokens) and tokens[-1][0] == "op"  # "2 miles / 1/6 hour": a fraction operand
+            if slash and " " not in num and not after_op:  # "20/4" opening arithmetic is a division, not 5
                 cut = q.start + q.text.index("/")
                 tokens += [("num", num.replace(",", ""), q.start, cut), ("op", "/", cut, cut + 1),
                            ("num", den, cut + 1, q.end)]
