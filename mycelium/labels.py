@@ -37,7 +37,7 @@ from .graph import Graph, Source
 from .numbers import parse_number
 from .quality import solution_numbers
 from .reference import AnnotationError, reference_graph
-from .signals import iaf, read
+from .signals import iaf, read, step_mass
 from .trace import Trace, strip_annotations
 from .viewer import Reading
 
@@ -135,11 +135,11 @@ def build_example(problem: Problem, trace: Trace, reading: Reading, constants: s
                              "ambiguous": o.ambiguous})
             if o.source is Source.QUANTITY:
                 o.ref = ref
-        mass = trace.mass[:, :, s0:s1].astype(np.float32).mean(axis=(0, 1, 2))
+        mass = step_mass(trace, s0, s1)
         steps.append({"op": step.op.value, "tokens": [s0, s1], "region": list(reg) if reg else None,
                       "region_text": problem.question[reg[0]:reg[1]] if reg else None,
                       "operands": operands, "depends_on": sorted({o.ref for o in step.operands if o.source is Source.RESULT}),
-                      "problem_mass": float(mass[1]), "solution_mass": float(mass[2])})
+                      "problem_mass": mass["problem"], "solution_mass": mass["solution"]})
     run = execute(graph)
     if not run.ok or not answers_match(run.answer, problem.answer):
         return None

@@ -119,6 +119,8 @@ class _Recorder:
         self.handles = [teacher.attention_modules()[i].register_forward_hook(self._hook(i)) for i in layers]
 
     def _hook(self, layer: int):
+        import torch
+
         def hook(module, args, output):
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
@@ -136,8 +138,6 @@ class _Recorder:
                                "read_sink": w[:, p0:p1, 0].mean(-1), "read_jsd": jsd}
             if layer == self.last:
                 raise _StopForward
-
-        import torch
 
         return hook
 
