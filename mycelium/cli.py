@@ -381,6 +381,48 @@ def train_cmd(run_dir: str = RunOpt,
 
 
 @app.command()
+def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
+          model: str = typer.Option("runs/default/models/minilm", help="a folder written by `mycelium train`"),
+          file: Optional[str] = typer.Option(None, "--file", help="JSON Lines with a 'question' per row"),
+          as_json: bool = typer.Option(False, "--json")):
+    """Answer from the question text alone: answer, operation graph, source spans."""
+    from pathlib import Path
+
+    from .errors import MissingFile
+    from .graph import render
+    from .solver import Solver
+
+    from .data import check_question
+
+    if text is None and not file:
+        raise BadInput("give the problem text, or --file problems.jsonl")
+    if text is not None:
+        check_question(text)  # before the model loads: bad input fails fast
+    if not (Path(model) / "model.safetensors").exists():
+        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
+    solver = Solver.load(model)
+    if file:
+        from tqdm import tqdm
+
+        from .data import read_jsonl
+
+        rows = [r for _, r, err in read_jsonl(Path(file)) if not err and isinstance(r, dict)]
+        for row in tqdm(rows, desc="solve", unit="problem", file=sys.stderr):
+            try:
+                out = solver.solve(row.get("question"))
+                typer.echo(json.dumps({"question": row.get("question"), **out.to_json()}, ensure_ascii=False))
+            except BadInput as e:
+                typer.echo(json.dumps({"question": row.get("question"), "answer": None, "reason": str(e)}))
+        return
+    out = solver.solve(text)
+    if as_json:
+        typer.echo(json.dumps(out.to_json(), ensure_ascii=False, indent=2))
+        return
+    typer.echo(render(out.graph) if out.graph else text)
+    typer.echo(f"\nanswer: {out.answer}" if out.answer is not None else f"\nno answer: {out.reason}")
+
+
+@app.command()
 def quantities(text: str = typer.Argument(..., help="problem text")):
     """The quantities the lexer finds in a text, with their spans and values."""
     from .data import check_question
