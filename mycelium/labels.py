@@ -36,7 +36,7 @@ from .executor import execute
 from .graph import Graph, Source
 from .numbers import parse_number
 from .quality import solution_numbers
-from .reference import AnnotationError, reference_graph
+from .reference import AnnotationError, annotations, reference_graph
 from .signals import iaf, read, step_mass
 from .trace import Trace, strip_annotations
 from .viewer import Reading
@@ -65,12 +65,11 @@ def constant_table(problems: list[Problem], min_uses: int = 5) -> list[dict]:
 
 
 def _original_to_stripped(solution: str):
-    """Map character positions of a GSM8K solution to its annotation-free text."""
-    removed, i, cuts = 0, 0, []  # (original start, cumulative removed after this annotation)
-    while (s := solution.find("<<", i)) >= 0 and (e := solution.find(">>", s)) >= 0:
-        removed += e + 2 - s
-        cuts.append((s, e + 2, removed))
-        i = e + 2
+    """Map character positions of a GSM8K solution to its annotation-free text (`strip_annotations`)."""
+    cuts, removed = [], 0  # (start, end, characters removed up to and including this annotation)
+    for a in annotations(solution):
+        removed += a.end - a.start
+        cuts.append((a.start, a.end, removed))
 
     def to_stripped(x: int) -> int:
         shift = 0
@@ -78,7 +77,7 @@ def _original_to_stripped(solution: str):
             if x >= e:
                 shift = total
             elif x >= s:  # inside an annotation: where it was cut out
-                return s - (shift)
+                return s - shift
         return x - shift
 
     return to_stripped

@@ -79,10 +79,12 @@ class Trace:
 
 def strip_annotations(solution: str) -> str:
     """GSM8K text without its <<expr=result>> calculator markup."""
+    from .reference import annotations
+
     out, i = [], 0
-    while (s := solution.find("<<", i)) >= 0 and (e := solution.find(">>", s)) >= 0:
-        out.append(solution[i:s])
-        i = e + 2
+    for a in annotations(solution):
+        out.append(solution[i:a.start])
+        i = a.end
     out.append(solution[i:])
     return "".join(out)
 
