@@ -161,6 +161,21 @@ def find_quantities(text: str) -> list[Quantity]:
     return out
 
 
+def split_division(q: Quantity) -> tuple[Quantity, Quantity] | None:
+    """A digit fraction mention ("20/4") as its two numbers with their spans; None for anything else.
+
+    In problem text 20/4 is the fraction 5; in a solution's arithmetic it is
+    usually 20 divided by 4, so solution readers split it.
+    """
+    num, slash, den = q.text.lstrip(CURRENCY).rstrip("%").partition("/")
+    if not slash or q.word or " " in num:
+        return None
+    a = q.start + q.text.index(num)
+    b = a + len(num) + 1
+    return (Quantity(a, a + len(num), num, sympy.Rational(num.replace(",", ""))),
+            Quantity(b, b + len(den), den, sympy.Rational(den)))
+
+
 def parse_number(text: str) -> sympy.Rational | None:
     """The single numeric value written in `text` ("$1,200", "-3/4", "9 (apples)"), else None.
 

@@ -25,11 +25,10 @@ import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
-import sympy
 from scipy.signal import savgol_filter
 
 from .clauses import parse, region, to_tokens
-from .numbers import Quantity, find_quantities
+from .numbers import Quantity, find_quantities, split_division
 from .signals import boundaries, boundary_f1, f1, iaf, js_divergence, jsd_curve, line_starts, normalise
 from .trace import Trace, contrast, lines
 
@@ -40,17 +39,8 @@ def solution_numbers(text: str) -> list[Quantity]:
     """Numbers a solution writes; "48/2" is two numbers there, not the fraction 24."""
     out = []
     for q in find_quantities(text):
-        if q.word:
-            continue
-        body = q.text.lstrip("$€£¥").rstrip("%")
-        num, slash, den = body.partition("/")
-        if slash and " " not in num:
-            a = q.start + q.text.index(num)
-            b = a + len(num) + 1
-            out.append(Quantity(a, a + len(num), num, sympy.Rational(num.replace(",", ""))))
-            out.append(Quantity(b, b + len(den), den, sympy.Rational(den)))
-        else:
-            out.append(q)
+        if not q.word:
+            out.extend(split_division(q) or [q])
     return out
 
 

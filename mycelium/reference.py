@@ -32,7 +32,7 @@ from .errors import BadInput
 from .config import ExecutorConfig
 from .executor import ExecFailure, evaluate_step, execute
 from .graph import Graph, Op, Operand, Source, Step, render  # noqa: F401
-from .numbers import find_quantities
+from .numbers import find_quantities, split_division
 
 _OPS = {ast.Add: Op.ADD, ast.Sub: Op.SUB, ast.Mult: Op.MUL, ast.Div: Op.DIV, ast.Pow: Op.POW}
 _LEFT_FOLD = {Op.SUB, Op.DIV}  # a-b-c = sub(a, b, c); a-(b-c) is not
@@ -81,12 +81,12 @@ def _arith_tokens(line: str) -> list[tuple[str, str, int, int]]:
         c = line[i]
         if i in quantities:
             q = quantities[i]
-            num, slash, den = q.text.lstrip("$€£¥").rstrip("%").partition("/")
+            parts = split_division(q)
             after_op = bool(tokens) and tokens[-1][0] == "op"  # "2 miles / 1/6 hour": a fraction operand
-            if slash and " " not in num and not after_op:  # "20/4" opening arithmetic is a division, not 5
-                cut = q.start + q.text.index("/")
-                tokens += [("num", num.replace(",", ""), q.start, cut), ("op", "/", cut, cut + 1),
-                           ("num", den, cut + 1, q.end)]
+            if parts and not after_op:  # "20/4" opening arithmetic is a division, not 5
+                num, den = parts
+                tokens += [("num", str(num.value), num.start, num.end), ("op", "/", num.end, den.start),
+                           ("num", str(den.value), den.start, den.end)]
             else:
                 tokens.append(("num", str(q.value), q.start, q.end))  # percent: the number written
             i = q.end

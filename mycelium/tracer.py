@@ -100,13 +100,12 @@ def run_traces(problems: list[Problem], cfg: TraceConfig, out: str | Path, engin
     results = (_local if engine == "local" else _ray)(todo, cfg, ray_address) if todo else iter(())
     t0 = time.monotonic()  # after the teacher has loaded: the rate is tracing, not start-up
     bar = tqdm(total=len(todo), desc="trace", unit="problem", disable=not progress, file=sys.stderr)
-    if todo:
-        for pid, result in results:
-            if isinstance(result, str):
-                rejected[pid] = result
-            else:
-                store.add(result)
-            bar.update()
+    for pid, result in results:
+        if isinstance(result, str):
+            rejected[pid] = result
+        else:
+            store.add(result)
+        bar.update()
     bar.close()
     return _finish(store, rejected, t0, len(todo), inputs or {})
 
