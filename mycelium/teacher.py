@@ -98,6 +98,8 @@ class Teacher:
             raise MissingFile(f"could not load teacher {config.model!r}: {str(e).splitlines()[0]}") from None
         if not tokenizer.is_fast:
             raise MyceliumError(f"teacher {config.model!r} has no fast tokenizer; offsets need one")
+        if tokenizer.pad_token is None:  # batched generation pads
+            tokenizer.pad_token = tokenizer.eos_token
         model.to(device).eval()
         return cls(model, tokenizer, config)
 
@@ -136,11 +138,20 @@ class Teacher:
 
     def generate(self, problem: str, max_new_tokens: int = 256) -> str:
         """The teacher's own solution, greedy."""
+        return self.generate_batch([problem], max_new_tokens)[0]
+
+    def generate_batch(self, problems: list[str], max_new_tokens: int = 256) -> list[str]:
+        """Greedy solutions for several problems in one left-padded generate call."""
         import torch
 
-        chat = self.format(problem)
-        ids = self.tokenizer(chat.text, return_tensors="pt", add_special_tokens=False).to(self.device)
+        tok = self.tokenizer
+        side, tok.padding_side = tok.padding_side, "left"  # generation continues from the last position
+        try:
+            ids = tok([self.format(p).text for p in problems], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(self.device)
+        finally:
+            tok.padding_side = side
         with torch.inference_mode():
             out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                                      pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        return [tok.decode(row[ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]

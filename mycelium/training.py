@@ -56,7 +56,7 @@ def _prf(tp, p, g) -> float:
 def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> dict:
     """Development metrics of every head."""
     model.eval()
-    c = {k: 0 for k in ("t_tp", "t_p", "t_g", "s_tp", "s_p", "s_g", "c2", "n2", "c3", "n3", "c4", "n4",
+    c = {k: 0 for k in ("t_tp", "t_p", "t_g", "s_tp", "s_p", "s_g", "c2", "n2", "c3", "n3", "c3e", "n3e", "c4", "n4",
                         "e_tp", "e_p", "e_g", "c6", "n6", "c6t", "n6t")}
     for i in range(0, len(examples), batch_size):
         batch = encode(model, examples[i:i + batch_size])
@@ -71,8 +71,12 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> 
                                  for gs_, ge in gs) for ps_, pe in ps)
         ok = y["c2"] >= 0
         c["c2"] += int((out["c2"].argmax(-1)[ok] == y["c2"][ok]).sum()); c["n2"] += int(ok.sum())
-        ok = y["c3"] >= 0
+        end = out["c3"].shape[-1] - 1  # "no more operands": scored apart, as arity
+        ok = (y["c3"] >= 0) & (y["c3"] != end)
         c["c3"] += int((out["c3"].argmax(-1)[ok] == y["c3"][ok]).sum()); c["n3"] += int(ok.sum())
+        ok = y["c3"] >= 0
+        hit = (out["c3"].argmax(-1) == end) == (y["c3"] == end)
+        c["c3e"] += int(hit[ok].sum()); c["n3e"] += int(ok.sum())
         ok = y["c4"] >= 0
         c["c4"] += int((out["c4"].argmax(-1)[ok] == y["c4"][ok]).sum()); c["n4"] += int(ok.sum())
         ok = y["c5"] >= 0
@@ -86,7 +90,8 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> 
         c["c6t"] += int((out["c6_type"].argmax(-1)[ok] == y["c6_type"][ok]).sum()); c["n6t"] += int(ok.sum())
     r = lambda a, n: c[a] / max(c[n], 1)  # noqa: E731
     return {"c1_token_f1": _prf(c["t_tp"], c["t_p"], c["t_g"]), "c1_span_f1": _prf(c["s_tp"], c["s_p"], c["s_g"]),
-            "c2_accuracy": r("c2", "n2"), "c3_operand_accuracy": r("c3", "n3"), "c4_accuracy": r("c4", "n4"),
+            "c2_accuracy": r("c2", "n2"), "c3_operand_accuracy": r("c3", "n3"),
+            "c3_arity_accuracy": r("c3e", "n3e"), "c4_accuracy": r("c4", "n4"),
             "c5_edge_f1": _prf(c["e_tp"], c["e_p"], c["e_g"]), "c6_goal_accuracy": r("c6", "n6"),
             "c6_type_accuracy": r("c6t", "n6t"), "examples": len(examples)}
 
@@ -95,6 +100,21 @@ def _score(metrics: dict, heads) -> float:
     keys = {"c1": ["c1_token_f1"], "c2": ["c2_accuracy"], "c3": ["c3_operand_accuracy"], "c4": ["c4_accuracy"],
             "c5": ["c5_edge_f1"], "c6": ["c6_goal_accuracy"]}
     return float(np.mean([metrics[k] for h in heads for k in keys[h]]))
+
+
+def _batches(examples: list[dict], size: int, seed: int, pool: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar question length: less padding, about a third less time per epoch.
+
+    The order is shuffled, cut into pools of `pool` batches, each pool sorted by
+    length and batched, and the batches shuffled again.
+    """
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(examples), generator=g).tolist()
+    batches = []
+    for i in range(0, len(order), size * pool):
+        chunk = sorted(order[i:i + size * pool], key=lambda k: len(examples[k]["question"]))
+        batches += [chunk[j:j + size] for j in range(0, len(chunk), size)]
+    return [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
 
 
 def _save_checkpoint(path: Path, model, opt, state: dict) -> None:
@@ -164,8 +184,7 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
             state = saved
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         model.train()
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
-        batches = [order[i:i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
+        batches = _batches(train_set, cfg.batch_size, cfg.seed + state["epoch"])
         bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}", unit="batch", disable=not progress)
         t0 = time.monotonic()
         for idx in bar:

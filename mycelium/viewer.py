@@ -86,7 +86,7 @@ def curve_png(curve: np.ndarray, cuts: list[int], gold: list[int]) -> bytes:
     return buf.getvalue()
 
 
-def _problem_html(question: str, found: list[dict]) -> str:
+def problem_html(question: str, found: list[dict]) -> str:
     owner = [None] * len(question)
     for st in found:
         if st["region"]:
@@ -160,7 +160,7 @@ ul {{ padding-left: 1.2em; }} img {{ max-width: 100%; }}
 <h1 id="title">{html.escape(trace.id)}</h1>
 <p>Attention read through {html.escape(read_with)}; {len(cuts)} JSD boundaries, {len(gold)} gold line starts.</p>
 <h2>Problem, with each step's IAF clause region</h2>
-<div class="box" id="problem">{_problem_html(trace.question, found)}</div>
+<div class="box" id="problem">{problem_html(trace.question, found)}</div>
 <h2>Solution, with JSD boundaries (<span class="boundary">│</span>) and gold line starts (<span class="gold">¦</span>)</h2>
 <div class="box" id="solution">{_solution_html(trace, found, cuts, gold)}</div>
 <h2>Steps</h2><ul id="steps">{legend}</ul>

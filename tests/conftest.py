@@ -48,3 +48,21 @@ def tiny_teacher_dir(tmp_path_factory):
     LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory):
+    """MiniLM specialists overfitted on two real GSM8K problems (Natalia's clips, Weng's babysitting)."""
+    import torch
+
+    from mycelium.specialists import SpecialistConfig, Specialists
+    from mycelium.training import TrainConfig, train
+
+    from .test_specialists import EXAMPLE, SECOND
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    model = Specialists.create(SpecialistConfig(constants=["1/100", "2", "60"]))
+    train(model, [EXAMPLE, SECOND] * 8, [EXAMPLE, SECOND],
+          TrainConfig(epochs=8, batch_size=4, lr=1e-4, head_lr=3e-3, patience=8), folder, progress=False)
+    return folder

@@ -1,50 +1,122 @@
-"""The solver's flow on an untrained model: it answers from text alone, never crashes, explains no-answers."""
+"""The solver: beam decoding, answers on real problems from a small trained model, gold independence, bad input."""
 
 import json
+import random
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
-import torch
+import sympy
 
+from mycelium.data import get
 from mycelium.errors import BadInput
-from mycelium.solver import Solver, groupings
-from mycelium.specialists import SpecialistConfig, Specialists
-from mycelium.training import save_model
+from mycelium.evaluate import evaluate
+from mycelium.solver import Solver, SolverConfig, decode, groupings, value_type
+
+from .test_specialists import EXAMPLE, SECOND
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    save_model(Specialists.create(SpecialistConfig(constants=["1/100"])), folder, {})
-    return folder
+def model_dir(trained_model_dir):
+    return trained_model_dir
+
+
+@pytest.fixture(scope="module")
+def solver(model_dir):
+    return Solver.load(model_dir)
 
 
 def test_groupings_enumerate_merges_duplicates_and_drops():
     g = groupings([(0, 5), (6, 9), (10, 20)])
     assert g[0] == [(0, 5), (6, 9), (10, 20)]
     assert [(0, 9), (10, 20)] in g and [(0, 5), (0, 5), (6, 9), (10, 20)] in g and [(6, 9), (10, 20)] in g
+    assert [(6, 9), (10, 20), (0, 5)] in g  # the first clause read last (an "altogether" step)
     assert len(g) == len({tuple(x) for x in g})
 
 
-def test_solve_returns_graph_and_spans_or_a_reason(model_dir):
-    solver = Solver.load(model_dir)
-    q = "Tom has 3 boxes with 4 apples each. How many apples does he have?"
-    s = solver.solve(q)
-    assert s.answer is not None or s.reason
-    if s.graph:
-        assert s.graph.question == q and all(st.span for st in s.graph.steps)
-    assert solver.solve(q).to_json() == s.to_json()  # deterministic
+def test_decode_takes_the_best_choices_and_respects_arity_and_padding():
+    Q, S, C = 3, 2, 1  # candidates: q0 q1 q2 | s0 s1 | c0 | other | end
+    n = Q + S + C + 2
+    lp = lambda hot: np.log(np.where(np.arange(n) == hot, 0.9, 0.1 / (n - 1)))  # noqa: E731
+    op_lp = np.log(np.array([[0.1, 0.1, 0.7, 0.05, 0.05], [0.8, 0.05, 0.05, 0.05, 0.05]]))  # mul, then add
+    c3 = np.stack([np.stack([lp(0), lp(1), lp(n - 1), lp(n - 1)]),  # s0 = mul(q0, q1), then end
+                   np.stack([lp(Q + 0), lp(2), lp(Q + S), lp(n - 1)])])  # s1 = add(s0, q2, c0), then end
+    best = decode(op_lp, c3, Q, S, C, beam=3)
+    assert best[0][1] == [(2, [0, 1]), (0, [Q + 0, 2, Q + S])]
+    assert all(len(picks) >= 2 for _, steps in best for _, picks in steps)
+    # a padded mention (index 2 when the question has 2) is never picked, nor a later step, nor "another constant"
+    for _, steps in decode(op_lp, c3, Q, S, C, beam=4, n_mentions=2):
+        for s, (_, picks) in enumerate(steps):
+            assert 2 not in picks and all(not (Q + s <= c < Q + S) for c in picks) and Q + S + C not in picks
+
+
+def test_value_type():
+    assert [value_type(sympy.Rational(x)) for x in ("4", "5/2", "1/3", "-7")] == ["integer", "decimal", "fraction", "integer"]
+
+
+@pytest.mark.slow
+def test_solves_the_real_problems_it_learned(solver):
+    for ex in (EXAMPLE, SECOND):
+        s = solver.solve(ex["question"])
+        assert s.answer == sympy.Rational(ex["answer"]), (s.reason, s.graph and s.graph.to_json())
+        starts, ends = {a for a, _ in s.spans}, {b for _, b in s.spans}
+        assert s.spans and all(st.span[0] in starts and st.span[1] in ends for st in s.graph.steps)
+        assert len(s.candidates) > 1 and s.candidates[0]["ok"]
+    assert solver.solve(EXAMPLE["question"]).to_json() == solver.solve(EXAMPLE["question"]).to_json()  # deterministic
+
+
+@pytest.mark.slow
+def test_predictions_do_not_depend_on_gold(solver):
+    import dataclasses
+
+    problems = [get(f"gsm8k/test/{i}") for i in range(6)] + [get("gsm8k/train/0"), get("gsm8k/train/1")]
+    answers = [p.answer for p in problems]
+    random.Random(0).shuffle(answers)
+    shuffled = [dataclasses.replace(p, answer=a, solution="") for p, a in zip(problems, answers)]
+    removed = [dataclasses.replace(p, answer="", solution=None) for p in problems]
+    runs = [evaluate(solver, ps, "gsm8k", progress=False) for ps in (problems, shuffled, removed)]
+    keep = ("answer", "graph", "spans", "score", "candidates", "reason")
+    base = [{k: r[k] for k in keep} for r in runs[0].rows]
+    for other in runs[1:]:
+        assert [{k: r[k] for k in keep} for r in other.rows] == base
+    # and the API takes nothing but text
+    assert solver.solve_batch([p.question for p in problems])[0].to_json() == \
+        solver.solve(problems[0].question).to_json()
+
+
+@pytest.mark.slow
+def test_bad_input_gets_a_reason_never_a_crash(solver):
+    cases = {
+        "": "question is empty",
+        "   \n\t": "question is empty",
+        "What is the capital of France, and why do people love its museums?": "no quantity",
+        "Juan tiene 3 manzanas y compra 4 más. ¿Cuántas manzanas tiene ahora?": "does not look like English",
+        "Tom has " + "9" * 200 + " apples and 3 pears. How many fruits does he have?": "too large",
+        "Tom has 3 apples. " * 120 + "How many apples?": "over the model's",
+        "12 + 7 = ?": None,  # terse but fine: no crash, and an answer or a reason
+    }
+    t0 = time.monotonic()
+    sols = solver.solve_batch(list(cases) + [None, 42])
+    assert time.monotonic() - t0 < 30
+    for (text, expected), s in zip(cases.items(), sols):
+        if expected:
+            assert s.answer is None and expected in s.reason, (text[:40], s.reason)
+        else:
+            assert s.answer is not None or s.reason
+    assert sols[-2].reason == "question must be text, got NoneType" and "int" in sols[-1].reason
     with pytest.raises(BadInput, match="question is empty"):
         solver.solve("   ")
 
 
 def test_solve_cli(model_dir, tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "mycelium.cli", "solve", *a], capture_output=True, text=True)  # noqa: E731
-    out = run("Tom has 3 boxes with 4 apples each. How many apples does he have?", "--model", str(model_dir), "--json")
+    out = run(EXAMPLE["question"], "--model", str(model_dir), "--json")
     assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)) >= {"answer", "graph", "spans", "reason"}
+    text = run(EXAMPLE["question"], "--model", str(model_dir))
+    assert text.returncode == 0 and "spans: “" in text.stdout and ("answer:" in text.stdout)
     bad = run("", "--model", str(model_dir))
     assert bad.returncode == 2 and bad.stderr.strip() == "error: question is empty"
     missing = run("x", "--model", str(tmp_path / "none"))
@@ -54,3 +126,4 @@ def test_solve_cli(model_dir, tmp_path):
     batch = run("--file", str(rows), "--model", str(model_dir))
     lines = [json.loads(x) for x in batch.stdout.splitlines()]
     assert batch.returncode == 0 and len(lines) == 2 and lines[1]["reason"] == "question is empty"
+    assert run("--file", str(tmp_path / "nope.jsonl"), "--model", str(model_dir)).returncode == 2

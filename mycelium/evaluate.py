@@ -1,0 +1,212 @@
+"""Evaluation: accuracy, oracle@k, error attribution and speed, with a page per problem.
+
+    $ mycelium eval --dataset gsm8k --split test --model runs/main/models/minilm --out runs/main/eval
+    gsm8k/test   1319 problems  accuracy 9.9%  oracle@k 21.4% (diagnostic)  131.2 problems/s
+    wrote runs/main/eval/gsm8k_test.jsonl and runs/main/eval/index.html
+
+The solver gets the question text only (`Solver.solve_batch(questions)`);
+gold answers and reference graphs are read afterwards, by this module, to
+grade and to explain. Two figures use gold and are diagnostics, not results:
+oracle@k (gold among the answers of the candidates the solver ranked) and
+the attribution of each wrong answer to the first component that went wrong,
+in pipeline order:
+
+| component | wrong when (against the reference graph, where the dataset has one) |
+|---|---|
+| refused  | the solver gave no answer before reading (not English, too long, …) |
+| span     | a problem quantity the reference uses lies outside every C1 span |
+| grouping | the number of steps differs from the reference's |
+| operation| the multiset of operations differs |
+| operand  | the multiset of problem quantities and constants used differs |
+| wiring   | which steps feed which differs |
+| goal     | the graph computed gold at some step but C6 chose another |
+| executor | no candidate executed |
+| other    | all of the above agree with the reference, yet the answer is wrong |
+
+Without a reference graph only refused, executor and goal can be told apart;
+the rest is "unattributed".
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .answer import answers_match
+from .data import Problem
+from .executor import execute
+from .graph import Graph, Source, render
+from .reference import AnnotationError, reference_graph
+from .store import atomic_write
+from .viewer import problem_html
+
+COMPONENTS = ["span", "grouping", "operation", "operand", "wiring", "goal", "executor", "other", "refused",
+              "unattributed"]
+
+
+def _leaves(g: Graph) -> Counter:
+    return Counter(str(o.value) for s in g.steps for o in s.operands if o.source is not Source.RESULT)
+
+
+def _wiring(g: Graph) -> list:
+    return [sorted(o.ref for o in s.operands if o.source is Source.RESULT) for s in g.steps]
+
+
+def attribute(sol, ref: Graph | None, gold) -> str:
+    """The first component that went wrong for a wrong answer (a diagnostic: it reads the reference)."""
+    if sol.graph is None:
+        return "refused" if sol.reason and "candidate" not in sol.reason else "executor"
+    if sol.answer is None:
+        return "executor"
+    values = execute(sol.graph).values
+    hit_elsewhere = any(answers_match(v, gold) for v in values)
+    if ref is None:
+        return "goal" if hit_elsewhere else "unattributed"
+    used = {o.ref for s in ref.steps for o in s.operands if o.source is Source.QUANTITY and o.ref is not None}
+    spans = sol.spans
+    for k in used:
+        q = ref.quantities[k]
+        if not any(a <= q.start and q.end <= b for a, b in spans):
+            return "span"
+    if len(sol.graph.steps) != len(ref.steps):
+        return "grouping"
+    if Counter(s.op for s in sol.graph.steps) != Counter(s.op for s in ref.steps):
+        return "operation"
+    if _leaves(sol.graph) != _leaves(ref):
+        return "operand"
+    if _wiring(sol.graph) != _wiring(ref):
+        return "wiring"
+    if hit_elsewhere:
+        return "goal"
+    return "other"
+
+
+@dataclass
+class Result:
+    dataset: str
+    rows: list[dict]
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        return sum(r["correct"] for r in self.rows) / max(len(self.rows), 1)
+
+    @property
+    def oracle(self) -> float:
+        return sum(r["oracle"] for r in self.rows) / max(len(self.rows), 1)
+
+    @property
+    def rate(self) -> float:
+        return len(self.rows) / max(self.seconds, 1e-9)
+
+    def attribution(self) -> Counter:
+        return Counter(r["attribution"] for r in self.rows if not r["correct"])
+
+    def summary(self) -> dict:
+        wrong = max(len(self.rows) - sum(r["correct"] for r in self.rows), 1)
+        return {"dataset": self.dataset, "problems": len(self.rows), "accuracy": self.accuracy,
+                "oracle_at_k (diagnostic)": self.oracle, "problems_per_s": self.rate, "seconds": self.seconds,
+                "attribution (share of wrong answers)": {c: n / wrong for c, n in self.attribution().most_common()}}
+
+
+def evaluate(solver, problems: list[Problem], name: str, progress: bool = True) -> Result:
+    """Solve every problem from its question alone, then grade and attribute."""
+    from tqdm import tqdm
+
+    t0 = time.monotonic()
+    sols = []
+    bs = solver.config.batch_size
+    bar = tqdm(total=len(problems), desc=f"eval {name}", unit="problem", disable=not progress)
+    for i in range(0, len(problems), bs):
+        sols += solver.solve_batch([p.question for p in problems[i:i + bs]])
+        bar.update(min(bs, len(problems) - i))
+    bar.close()
+    seconds = time.monotonic() - t0
+    rows = []
+    for p, s in zip(problems, sols):
+        try:
+            ref = reference_graph(p)
+        except AnnotationError:
+            ref = None
+        correct = answers_match(s.answer, p.answer)
+        rows.append({"id": p.id, "question": p.question, "gold": p.answer,
+                     "answer": None if s.answer is None else str(s.answer), "correct": correct,
+                     "oracle": any(answers_match(c["answer"], p.answer) for c in s.candidates),
+                     "candidates": len(s.candidates), "reason": s.reason,
+                     "attribution": None if correct else attribute(s, ref, p.answer),
+                     "spans": [list(x) for x in s.spans], "score": s.score,
+                     "graph": s.graph.to_json() if s.graph else None,
+                     "reference": ref.to_json() if ref else None})
+    return Result(name, rows, seconds)
+
+
+def table(results: list[Result]) -> str:
+    comps = [c for c in COMPONENTS if any(r.attribution()[c] for r in results)]
+    head = f"{'dataset':<18}{'n':>6}{'acc %':>8}{'oracle@k %':>12}{'prob/s':>9}   " + "".join(f"{c[:9]:>10}" for c in comps)
+    lines = [head, "-" * len(head)]
+    for r in results:
+        wrong = max(sum(r.attribution().values()), 1)
+        lines.append(f"{r.dataset:<18}{len(r.rows):>6}{100 * r.accuracy:>8.1f}{100 * r.oracle:>12.1f}{r.rate:>9.1f}   "
+                     + "".join(f"{100 * r.attribution()[c] / wrong:>10.1f}" for c in comps))
+    lines.append("oracle@k: gold among the ranked candidates' answers (diagnostic, reads gold); "
+                 "attribution columns: % of wrong answers (diagnostic, reads the reference graph)")
+    return "\n".join(lines)
+
+
+_STYLE = """body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; line-height: 1.55; color: #222; }
+.box { border: 1px solid #ddd; border-radius: 6px; padding: 0.8em 1em; background: #fafafa; }
+.region { border-radius: 3px; padding: 1px 0; } pre { white-space: pre-wrap; }
+table { border-collapse: collapse; } td, th { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: left; }
+.ok { color: #2e7d32; } .bad { color: #c62828; }"""
+
+
+def _page(row: dict) -> str:
+    g = Graph.from_json(row["graph"]) if row["graph"] else None
+    found = [{"step": k, "region": st.span} for k, st in enumerate(g.steps)] if g else []
+    graph_text = render(g, execute(g).values) if g else "(no graph)"
+    ref = render(Graph.from_json(row["reference"])) if row["reference"] else "(no reference graph in this dataset)"
+    verdict = "correct" if row["correct"] else f"wrong — first wrong component: {row['attribution']}"
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(row['id'])}</title>
+<style>{_STYLE}</style></head><body>
+<p><a href="../index.html">← all problems</a></p>
+<h1 id="title">{html.escape(row['id'])}</h1>
+<p id="verdict" class="{'ok' if row['correct'] else 'bad'}">answer {html.escape(str(row['answer']))}, gold {html.escape(str(row['gold']))}: {html.escape(verdict)}
+{('<br>reason: ' + html.escape(row['reason'])) if row['reason'] else ''}</p>
+<h2>Problem, with each predicted step's span</h2><div class="box" id="problem">{problem_html(row['question'], found)}</div>
+<h2>Predicted graph</h2><pre class="box" id="graph">{html.escape(graph_text)}</pre>
+<h2>Reference graph (from the dataset's solution; never shown to the solver)</h2><pre class="box">{html.escape(ref)}</pre>
+<p>{row['candidates']} candidates ranked; gold among them: {'yes' if row['oracle'] else 'no'} (diagnostic).</p>
+</body></html>"""
+
+
+def _slug(problem_id: str) -> str:
+    return problem_id.replace("/", "_")
+
+
+def write(results: list[Result], out: Path) -> Path:
+    """Per-problem JSON Lines, a summary, and an HTML report (index + one page per problem)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pages").mkdir(exist_ok=True)
+    index_rows = []
+    for r in results:
+        atomic_write(out / f"{_slug(r.dataset)}.jsonl",
+                     "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in r.rows).encode())
+        for x in r.rows:
+            atomic_write(out / "pages" / f"{_slug(x['id'])}.html", _page(x).encode())
+            index_rows.append(
+                f'<tr class="{"ok" if x["correct"] else "bad"}"><td><a href="pages/{_slug(x["id"])}.html">{html.escape(x["id"])}</a></td>'
+                f'<td>{html.escape(str(x["answer"]))}</td><td>{html.escape(str(x["gold"]))}</td>'
+                f'<td>{"✓" if x["correct"] else html.escape(str(x["attribution"]))}</td></tr>')
+    summary = [r.summary() for r in results]
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1).encode())
+    index = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Mycelium evaluation</title>
+<style>{_STYLE}</style></head><body><h1 id="title">Mycelium evaluation</h1>
+<pre class="box" id="summary">{html.escape(table(results))}</pre>
+<table id="problems"><tr><th>problem</th><th>answer</th><th>gold</th><th>verdict / first wrong component</th></tr>
+{''.join(index_rows)}</table></body></html>"""
+    atomic_write(out / "index.html", index.encode())
+    return out / "index.html"

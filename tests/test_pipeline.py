@@ -1,0 +1,51 @@
+"""The main job end to end on a small configuration: every stage runs, then every cached stage is reused."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mycelium.pipeline import PRESETS
+
+
+def mycelium(*args):
+    return subprocess.run([sys.executable, "-m", "mycelium.cli", *args], capture_output=True, text=True)
+
+
+def test_presets_are_data():
+    quick, full = PRESETS["quick"], PRESETS["full"]
+    assert full.fit is None and full.dev is None and full.eval_limit is None  # all of GSM8K train; whole test sets
+    assert quick.fit and quick.dev and quick.eval_limit and quick.run != full.run
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8,
+                                   "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4,
+                                   "eval_datasets": ["gsm8k", "asdiv"]}))
+    first = mycelium("run", "--config", str(cfg))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "acc %" in first.stdout and "eval/index.html" in first.stdout
+    run = tmp_path / "run"
+    for path in ("traces/manifest.json", "signals/report.json", "labels/labels.jsonl", "models/minilm/model.safetensors",
+                 "eval/gsm8k_test.jsonl", "eval/index.html", "pipeline.json"):
+        assert (run / path).exists(), path
+    assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 12
+    again = mycelium("run", "--config", str(cfg))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "signals: cached" in again.stderr and "labels: cached" in again.stderr
+    assert "0 problems" in again.stderr or "traced 0" in again.stderr or "12 traces" in again.stdout
+
+
+def test_run_bad_input(tmp_path):
+    assert mycelium("run", "--preset", "huge").returncode == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    out = mycelium("run", "--config", str(bad))
+    assert out.returncode == 2 and "not valid YAML" in out.stderr
+    bad.write_text("colour: blue\n")
+    out = mycelium("run", "--config", str(bad))
+    assert out.returncode == 2 and "unknown PipelineConfig setting" in out.stderr
