@@ -249,6 +249,7 @@ app.add_typer(labels_app, name="labels")
 def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[str] = RootOpt,
                  min_uses: int = typer.Option(5, help="uses a value needs before it can be a domain constant")):
     """Labels for every traced problem; the domain-constant table from GSM8K fit."""
+    import hashlib
     from pathlib import Path
 
     from .data import load
@@ -278,7 +279,8 @@ def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[
     total = len(examples) + sum(dropped.values())
     manifest = {"traces_config_key": store.manifest["config_key"], "examples": len(examples), "traced": total,
                 "coverage_percent": round(100 * len(examples) / max(total, 1), 2), "dropped": dict(dropped),
-                "bridging_threshold_problem_mass": threshold, "constants": sorted(constants)}
+                "bridging_threshold_problem_mass": threshold, "constants": sorted(constants),
+                "signals_sha1": hashlib.sha1(rep_path.read_bytes()).hexdigest()}
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     typer.echo(f"{len(examples)}/{total} traced problems labelled ({manifest['coverage_percent']}%), "
                f"dropped: {dict(dropped) or 'none'}")

@@ -9,8 +9,8 @@
 
 Every stage is the CLI command of the same name, run in-process, and every
 stage is cached: traces resume (problems already traced are skipped), the
-signals report and the labels are rebuilt only when their inputs are newer
-than they are, training resumes from its checkpoint (and starts over when
+signals report and the labels are rebuilt only when what they were made from
+(trace count and configuration, the report's hash) changed, training resumes from its checkpoint (and starts over when
 its labels changed), and evaluation always runs. A killed run started again
 with the same command continues where it stopped.
 
@@ -19,6 +19,7 @@ Presets are data (`PRESETS`, or a YAML file given to `--config`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,10 +51,6 @@ PRESETS = {
 }
 
 
-def _newer(path: Path, *inputs: Path) -> bool:
-    return path.exists() and all(path.stat().st_mtime >= i.stat().st_mtime for i in inputs if i.exists())
-
-
 def run(cfg: PipelineConfig, root: str | None = None) -> None:
     from .cli import app
 
@@ -69,16 +66,22 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     for split, limit in (("dev", cfg.dev), ("fit", cfg.fit)):  # dev first: the signals report reads the first traces
         stage(f"trace gsm8k/{split}", ["trace", "--split", split, "--teacher", cfg.teacher, "--engine", cfg.engine,
                                        *(["--limit", str(limit)] if limit else []), *common])
-    traces = run_dir / "traces" / "manifest.json"
+    from .store import TraceStore
+
+    store = TraceStore(run_dir / "traces")
+    key, n = store.manifest["config_key"], len(store)
     report = run_dir / "signals" / "report.json"
-    if _newer(report, traces):
-        typer.echo("\n── signals: cached (newer than the traces)", err=True)
+    made_from = {"traces": min(n, cfg.signals_limit), "trace_config_key": key}
+    if report.exists() and json.loads(report.read_text()).get("inputs") == made_from:
+        typer.echo("\n── signals: cached (made from these traces)", err=True)
     else:
         stage("signals report", ["signals", "report", "--select", str(cfg.select), "--limit", str(cfg.signals_limit),
                                  *common])
     labels = run_dir / "labels" / "manifest.json"
-    if _newer(labels, traces, report):
-        typer.echo("── labels: cached (newer than traces and signals)", err=True)
+    sha = hashlib.sha1(report.read_bytes()).hexdigest()
+    made = json.loads(labels.read_text()) if labels.exists() else {}
+    if (made.get("traced"), made.get("traces_config_key"), made.get("signals_sha1")) == (n, key, sha):
+        typer.echo("── labels: cached (made from these traces and signals)", err=True)
     else:
         stage("labels build", ["labels", "build", *common])
     stage("train", ["train", "--backbone", cfg.backbone, "--epochs", str(cfg.epochs),
