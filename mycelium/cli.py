@@ -393,7 +393,7 @@ def train_cmd(run_dir: str = RunOpt,
     typer.echo(f"wrote {out}")
 
 
-def _solver(model: str, beam: int, groupings: int, batch_size: int):
+def _solver(model: str, beam: int, groupings: int, batch_size: int, **more):
     from pathlib import Path
 
     from .errors import MissingFile
@@ -401,7 +401,7 @@ def _solver(model: str, beam: int, groupings: int, batch_size: int):
 
     if not (Path(model) / "model.safetensors").exists():
         raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
-    return Solver.load(model, SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size))
+    return Solver.load(model, SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size, **more))
 
 
 ModelOpt = typer.Option("runs/default/models/minilm", "--model", help="a folder written by `mycelium train`")
@@ -460,18 +460,20 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
              out: Optional[str] = typer.Option(None, help="report folder (default: <model>/../../eval)"),
              limit: Optional[int] = typer.Option(None, help="first N problems of each dataset"),
              beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt,
+             threshold: float = typer.Option(0.5, help="C1 relevance a clause needs to be a span"),
+             wiring_weight: float = typer.Option(1.0, help="weight of C5's wiring score"),
              source: str = SourceOpt, root: Optional[str] = RootOpt):
     """Accuracy, oracle@k (diagnostic), error attribution and problems/s; JSON Lines + HTML report."""
     from pathlib import Path
 
-    from .data import load
+    from .data import load, splits
     from .evaluate import evaluate, table, write
 
     names = [d.strip() for d in dataset.split(",") if d.strip()]
-    problems = {n: load(n, split if n in ("gsm8k", "svamp") else "test", source, root)[:limit] for n in names}
-    solver = _solver(model, beam, groupings, batch_size)
-    results = [evaluate(solver, ps, f"{n}/{ps[0].id.split('/')[1] if ps else split}", progress=True)
-               for n, ps in problems.items()]
+    which = {n: split if split in splits(n) else "test" for n in names}  # test-only datasets use test
+    problems = {n: load(n, which[n], source, root)[:limit] for n in names}
+    solver = _solver(model, beam, groupings, batch_size, threshold=threshold, wiring_weight=wiring_weight)
+    results = [evaluate(solver, ps, f"{n}/{which[n]}", progress=True) for n, ps in problems.items()]
     folder = Path(out) if out else Path(model).parent.parent / "eval"
     index = write(results, folder)
     typer.echo(table(results))

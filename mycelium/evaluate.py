@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .answer import answers_match
-from .data import Problem
+from .data import Problem, dataset_spec
 from .executor import execute
 from .graph import Graph, Source, render
 from .reference import AnnotationError, reference_graph
@@ -128,14 +128,15 @@ def evaluate(solver, problems: list[Problem], name: str, progress: bool = True) 
     seconds = time.monotonic() - t0
     rows = []
     for p, s in zip(problems, sols):
+        latex = bool(dataset_spec(p.dataset)["answer"].get("latex"))
         try:
             ref = reference_graph(p)
         except AnnotationError:
             ref = None
-        correct = answers_match(s.answer, p.answer)
+        correct = answers_match(s.answer, p.answer, latex)
         rows.append({"id": p.id, "question": p.question, "gold": p.answer,
                      "answer": None if s.answer is None else str(s.answer), "correct": correct,
-                     "oracle": any(answers_match(c["answer"], p.answer) for c in s.candidates),
+                     "oracle": any(answers_match(c["answer"], p.answer, latex) for c in s.candidates),
                      "candidates": len(s.candidates), "reason": s.reason,
                      "attribution": None if correct else attribute(s, ref, p.answer),
                      "spans": [list(x) for x in s.spans], "score": s.score,

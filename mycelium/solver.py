@@ -16,9 +16,10 @@
    in the batch in one pass over the shared encoder states.
 4. Each grouping is decoded with a beam: per step the best operations and
    operand tuples (C3 points at mentions, earlier steps, constants, or "no
-   more operands"), C6 picks the answer step. Every decoded graph is
-   executed; candidates rank by validity (executes; answer of the type C6
-   predicts), then by summed log probability. The best comes back with its
+   more operands"), C6 picks the answer step, and C5 scores the wiring (does
+   step t feed step s). Every decoded graph is executed; candidates rank by
+   validity (executes; answer of the type C6 predicts), then by summed log
+   probability. The best comes back with its
    graph and spans.
 
 The solver sees the question text only; refusals (not English, no
@@ -44,7 +45,7 @@ from .errors import BadInput
 from .executor import execute
 from .graph import Graph, Op, Operand, Source, Step
 from .numbers import find_quantities
-from .specialists import ANSWER_TYPES, MAX_SLOTS, MAX_STEPS, OPS, _char_mask, encode
+from .specialists import ANSWER_TYPES, MAX_SLOTS, MAX_STEPS, OPS, _char_mask
 from .training import load_model
 
 
@@ -56,6 +57,7 @@ class SolverConfig:
     batch_size: int = 32  # questions per encoder pass
     time_budget_s: float = 5.0  # per problem, after the shared encoder pass
     min_english: float = 0.5  # langdetect's probability of English under which a question is refused
+    wiring_weight: float = 1.0  # how much C5's agreement with the graph's wiring counts in the score
 
 
 @dataclass
@@ -194,9 +196,13 @@ class Solver:
 
     @torch.no_grad()
     def solve_batch(self, questions: list[str]) -> list[Solution]:
-        out: list[Solution] = []
-        for i in range(0, len(questions), self.config.batch_size):
-            out += self._solve_batch(questions[i:i + self.config.batch_size])
+        # Similar lengths share a batch: padding is the encoder's largest waste.
+        order = sorted(range(len(questions)), key=lambda i: len(questions[i]) if isinstance(questions[i], str) else 0)
+        out: list[Solution | None] = [None] * len(questions)
+        for k in range(0, len(order), self.config.batch_size):
+            chunk = order[k:k + self.config.batch_size]
+            for i, sol in zip(chunk, self._solve_batch([questions[i] for i in chunk])):
+                out[i] = sol
         return out
 
     def _solve_batch(self, questions: list[str]) -> list[Solution]:
@@ -225,17 +231,17 @@ class Solver:
         rows, owner, spans = [], [], {}
         for j, (i, clauses) in enumerate(zip(todo, parse_many(texts))):
             spans[i] = self._spans(clauses.spans, relevance[j], tok["offset_mapping"][j], tok["attention_mask"][j])
-            qjson = [x.to_json() for x in quantities[i]]
             for g in groupings(spans[i], self.config.groupings):
-                rows.append({"question": questions[i], "quantities": qjson, "groups": g,
-                             "steps": [{"op": "add", "region": list(r), "operands": [], "depends_on": []} for r in g]})
+                rows.append({"groups": g, "quantities": quantities[i]})
                 owner.append(j)
-        batch = encode(self.model, rows)
-        T = batch["input_ids"].shape[1]
-        heads = self.model.heads(hidden[owner, :T], batch)  # one pass: every step of every candidate
+        batch = self._candidate_masks(rows, owner, tok["offset_mapping"])
+        batch["attention_mask"] = tok["attention_mask"][owner]
+        heads = self.model.heads(hidden[owner], batch)  # one pass: every step of every candidate
         op_lp = torch.log_softmax(heads["c2"], -1).numpy()  # [cand, step, op]
         c3_lp = torch.log_softmax(heads["c3"], -1).numpy()  # [cand, step, slot, cand]
         goal_logits = heads["c6_goal"].numpy()  # [cand, step]
+        edge_lp = torch.nn.functional.logsigmoid(heads["c5"]).numpy()  # [cand, earlier, later]: log p(edge)
+        no_edge_lp = torch.nn.functional.logsigmoid(-heads["c5"]).numpy()
         types = heads["c6_type"].argmax(-1).tolist()  # [cand]
         Q, S = batch["mention_mask"].shape[1], batch["step_mask"].shape[1]
         by_question: dict[int, list[int]] = {}
@@ -243,7 +249,7 @@ class Solver:
             by_question.setdefault(j, []).append(r)
         for j, i in enumerate(todo):
             t0 = time.monotonic()
-            scored = []
+            scored, runs = [], {}
             for r in by_question[j]:
                 if time.monotonic() - t0 > self.config.time_budget_s:
                     break
@@ -253,11 +259,15 @@ class Solver:
                 for score, steps in decode(op_lp[r, :n], c3_lp[r, :n], Q, S, len(self.constants), self.config.beam,
                                            len(quantities[i])):
                     graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S)
-                    run = execute(graph, self.limits)
+                    key = (tuple((k, tuple(self._pick_key(c, Q, S, quantities[i]) for c in picks)) for k, picks in steps), goal)
+                    if key not in runs:  # groupings often decode to the same graph: execute it once
+                        runs[key] = execute(graph, self.limits)
+                    run = runs[key]
                     ok = run.ok and run.answer is not None
                     plausible = ok and value_type(run.answer) == ANSWER_TYPES[types[r]]
+                    wiring = self._wiring(steps, edge_lp[r], no_edge_lp[r], Q, S)
                     scored.append({"graph": graph, "answer": run.answer, "ok": ok, "plausible": plausible,
-                                   "score": float(score + goal_lp[goal]),
+                                   "score": float(score + goal_lp[goal] + self.config.wiring_weight * wiring),
                                    "error": None if run.ok else str(run.error)})
             scored.sort(key=lambda c: (c["ok"], c["plausible"], c["score"]), reverse=True)
             diag = [{k: c[k] for k in ("answer", "score", "ok", "plausible")} for c in scored]
@@ -278,6 +288,46 @@ class Solver:
             means.append(float((inside * relevance).sum() / inside.sum()) if inside.sum() else 0.0)
         chosen = [c for c, m in zip(clauses, means) if m > self.config.threshold]
         return chosen or ([clauses[int(np.argmax(means))]] if clauses else [])
+
+    def _candidate_masks(self, rows: list[dict], owner: list[int], offsets) -> dict:
+        """`encode`'s step, mention and pointer masks for every candidate, each span's mask made once."""
+        R, T = len(rows), offsets.shape[1]
+        S = max(1, min(MAX_STEPS, max(len(r["groups"]) for r in rows)))
+        Q = max(1, max(len(r["quantities"]) for r in rows))
+        C = len(self.constants)
+        cache: dict = {}
+
+        def mask(j, span):
+            if (j, span) not in cache:
+                cache[j, span] = _char_mask(offsets[j], [span])  # [token]
+            return cache[j, span]
+
+        step_mask, mention_mask = torch.zeros(R, S, T), torch.zeros(R, Q, T)
+        cand_mask = torch.zeros(R, S, Q + S + C + 2, dtype=torch.bool)  # [cand, step, pointer target]
+        for r, (row, j) in enumerate(zip(rows, owner)):
+            for q, x in enumerate(row["quantities"]):
+                mention_mask[r, q] = mask(j, (x.start, x.end))
+            for k, span in enumerate(row["groups"][:S]):
+                step_mask[r, k] = mask(j, tuple(span))
+            cand_mask[r, :, : len(row["quantities"])] = True
+        cand_mask[:, :, Q + S:] = True
+        cand_mask[:, :, Q: Q + S] = torch.tril(torch.ones(S, S, dtype=torch.bool), -1)  # earlier steps only
+        return {"step_mask": step_mask, "mention_mask": mention_mask, "cand_mask": cand_mask,
+                "n_steps": torch.tensor([min(len(r["groups"]), S) for r in rows])}
+
+    def _pick_key(self, c: int, Q: int, S: int, quantities) -> tuple:
+        if c < Q:
+            return ("q", str(quantities[c].value))
+        return ("s", c - Q) if c < Q + S else ("c", c - Q - S)
+
+    @staticmethod
+    def _wiring(steps, edge_lp, no_edge_lp, Q, S) -> float:
+        """C5's log probability of the graph's edges (step t feeds step s) and non-edges."""
+        total = 0.0
+        for s, (_, picks) in enumerate(steps):
+            feeds = {c - Q for c in picks if Q <= c < Q + S}
+            total += sum(edge_lp[t, s] if t in feeds else no_edge_lp[t, s] for t in range(s))
+        return float(total)
 
     def _graph(self, question, quantities, groups, steps, goal, Q, S) -> Graph:
         out = []

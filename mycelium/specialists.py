@@ -112,9 +112,13 @@ class Specialists(nn.Module):
         c3 = torch.cat([c3[..., :Q] + self.in_region * inside[:, :, None], c3[..., Q:]], -1)
         out["c3"] = c3.masked_fill(~batch["cand_mask"][:, :, None], -1e4)  # padding mentions, later steps
         out["c4"] = self.c4(steps)  # [batch, step, 2]
-        n = steps.shape[1]
-        pairs = torch.cat([steps[:, :, None].expand(-1, -1, n, -1), steps[:, None].expand(-1, n, -1, -1)], -1)
-        out["c5"] = self.c5(pairs).squeeze(-1)  # [batch, earlier, later]
+        # C5's first layer on [earlier; later] pairs, split into its two halves: the same function as
+        # concatenating every pair, at a step's cost instead of a pair's.
+        first, act, last = self.c5
+        d = steps.shape[-1]
+        earlier = steps @ first.weight[:, :d].T  # [batch, step, d]
+        later = steps @ first.weight[:, d:].T + first.bias  # [batch, step, d]
+        out["c5"] = last(act(earlier[:, :, None] + later[:, None])).squeeze(-1)  # [batch, earlier, later]
         out["c6_goal"] = self.c6_goal(steps).squeeze(-1)  # [batch, step]
         # Mean over the question, not the first token: a decoder's first token has seen nothing.
         question = pooled(batch["attention_mask"][:, None].to(hidden.dtype))[:, 0]  # [batch, d]
