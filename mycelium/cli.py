@@ -509,26 +509,9 @@ def run(preset: str = typer.Option("quick", help="quick (about 10 minutes on 2 c
         raise BadInput(f"unknown preset {preset!r}; use {' or '.join(PRESETS)}")
     cfg = PRESETS[preset]
     if config:
-        cfg = load_config(PipelineConfig, {**dataclasses.asdict(cfg), **_yaml(config)})
+        cfg = load_config(PipelineConfig, config, base=cfg)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (("run", run_dir), ("engine", engine)) if v})
     run_pipeline(cfg, root)
-
-
-def _yaml(path: str) -> dict:
-    from pathlib import Path
-
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"no such config file: {path}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise BadInput(f"{path}: not valid YAML ({e.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise BadInput(f"{path} is not a mapping of pipeline settings")
-    return data
 
 
 def main() -> None:

@@ -47,10 +47,10 @@ class ExecutorConfig:
     max_operands: int = 64
 
 
-def load_config(cls: type[T], source: str | os.PathLike | dict[str, Any] | None = None) -> T:
-    """Build `cls` from a YAML path or a dict; missing fields keep their defaults."""
+def load_config(cls: type[T], source: str | os.PathLike | dict[str, Any] | None = None, base: T | None = None) -> T:
+    """Build `cls` from a YAML path or a dict; missing fields keep `base`'s values, or the defaults."""
     if source is None:
-        return cls()
+        return base if base is not None else cls()
     if isinstance(source, dict):
         values = source
     else:
@@ -67,4 +67,4 @@ def load_config(cls: type[T], source: str | os.PathLike | dict[str, Any] | None 
     unknown = sorted(set(values) - names)
     if unknown:
         raise BadInput(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
-    return cls(**values)
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)

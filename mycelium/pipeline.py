@@ -53,6 +53,7 @@ PRESETS = {
 
 def run(cfg: PipelineConfig, root: str | None = None) -> None:
     from .cli import app
+    from .store import TraceStore, atomic_write
 
     def stage(name: str, args: list[str]) -> None:
         typer.echo(f"\n── {name} " + "─" * max(0, 60 - len(name)), err=True)
@@ -61,13 +62,11 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
 
     run_dir = Path(cfg.run)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "pipeline.json").write_text(json.dumps(asdict(cfg), indent=1))
+    atomic_write(run_dir / "pipeline.json", json.dumps(asdict(cfg), indent=1).encode())
     common = ["--run", cfg.run]
     for split, limit in (("dev", cfg.dev), ("fit", cfg.fit)):  # dev first: the signals report reads the first traces
         stage(f"trace gsm8k/{split}", ["trace", "--split", split, "--teacher", cfg.teacher, "--engine", cfg.engine,
                                        *(["--limit", str(limit)] if limit else []), *common])
-    from .store import TraceStore
-
     store = TraceStore(run_dir / "traces")
     key, n = store.manifest["config_key"], len(store)
     report = run_dir / "signals" / "report.json"
