@@ -100,6 +100,13 @@ def region(clauses: Clauses, weights: dict[int, float], mass: float = 0.6, top: 
     their clauses; the heaviest clause is the region, grown by each selected
     clause that overlaps or touches it in clause order.
     """
+    run = region_clauses(clauses, weights, mass, top)
+    return None if run is None else clause_span(clauses, *run)
+
+
+def region_clauses(clauses: Clauses, weights: dict[int, float], mass: float = 0.6,
+                   top: int = 4) -> tuple[int, int] | None:
+    """`region` as the first and last clause index of its run of clauses."""
     items = sorted(((w, c) for c, w in weights.items() if w > 0), reverse=True)
     total = sum(w for w, _ in items)
     if not total:
@@ -121,6 +128,11 @@ def region(clauses: Clauses, weights: dict[int, float], mass: float = 0.6, top: 
         lo -= 1
     while hi + 1 in score:
         hi += 1
+    return lo, hi
+
+
+def clause_span(clauses: Clauses, lo: int, hi: int) -> tuple[int, int]:
+    """Characters of the run of clauses lo..hi (a clause may end after a later one: relative clauses)."""
     return clauses.spans[lo][0], max(clauses.spans[k][1] for k in range(lo, hi + 1))
 
 

@@ -344,6 +344,7 @@ def train_cmd(run_dir: str = RunOpt,
               specialist: str = typer.Option("all", help="C1..C6 (comma-separated) or all"),
               backbone: str = typer.Option("minilm", help="minilm (embedded), a hub id, or a folder"),
               epochs: int = typer.Option(8), batch_size: int = typer.Option(16), seed: int = typer.Option(0),
+              device: str = typer.Option("cpu", help="cpu, or cuda where there is a GPU"),
               limit: Optional[int] = typer.Option(None, help="train on the first N training examples"),
               c2_labels: str = typer.Option("ops", help="C2's label set: ops, or templates (labels templates)"),
               constant_uses: int = typer.Option(20, help="C3's constant vocabulary: the table's domain constants "
@@ -383,7 +384,8 @@ def train_cmd(run_dir: str = RunOpt,
     model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants, c2_labels=c2_labels,
                                                 n_templates=n_templates))
     out = run / "models" / backbone.replace("/", "_")
-    state = train(model, train_set, dev, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed), out, heads)
+    state = train(model, train_set, dev, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
+                                                                   device=device), out, heads)
     best = max(state["history"], key=lambda h: h["score"])
     atomic_write(out / "metrics.json", json.dumps({"best": best, "history": state["history"],
                                                    "train_examples": len(train_set), "dev_examples": len(dev)},
@@ -393,7 +395,7 @@ def train_cmd(run_dir: str = RunOpt,
     typer.echo(f"wrote {out}")
 
 
-def _solver(model: str, beam: int, groupings: int, batch_size: int, **more):
+def _solver(model: str, beam: int, groupings: int, batch_size: int, plan: str = "learned", **more):
     from pathlib import Path
 
     from .errors import MissingFile
@@ -401,12 +403,15 @@ def _solver(model: str, beam: int, groupings: int, batch_size: int, **more):
 
     if not (Path(model) / "model.safetensors").exists():
         raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
-    return Solver.load(model, SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size, **more))
+    if plan not in ("learned", "enumerate"):
+        raise BadInput(f"--plan is learned or enumerate, not {plan!r}")
+    return Solver.load(model, SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size, plan=plan, **more))
 
 
 ModelOpt = typer.Option("runs/default/models/minilm", "--model", help="a folder written by `mycelium train`")
 BeamOpt = typer.Option(4, help="alternatives kept per step decision")
-GroupingsOpt = typer.Option(24, help="candidate groupings of spans per problem")
+GroupingsOpt = typer.Option(24, help="candidate groupings (step plans) per problem")
+PlanOpt = typer.Option("learned", help="step regions from C1's learned plan, or 'enumerate'd from C1's spans")
 BatchOpt = typer.Option(32, "--batch-size", help="questions per encoder pass")
 
 
@@ -415,7 +420,7 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
           model: str = ModelOpt,
           file: Optional[str] = typer.Option(None, "--file", help="JSON Lines with a 'question' per row"),
           as_json: bool = typer.Option(False, "--json"),
-          beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt):
+          beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, plan: str = PlanOpt):
     """Answer from the question text alone: answer, operation graph, source spans."""
     from pathlib import Path
 
@@ -428,7 +433,7 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
         check_question(text)  # before the model loads: bad input fails fast
     if file and not Path(file).exists():
         raise BadInput(f"no such file: {file}")
-    solver = _solver(model, beam, groupings, batch_size)
+    solver = _solver(model, beam, groupings, batch_size, plan)
     if file:
         from tqdm import tqdm
 
@@ -462,6 +467,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
              beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt,
              threshold: float = typer.Option(0.5, help="C1 relevance a clause needs to be a span"),
              wiring_weight: float = typer.Option(1.0, help="weight of C5's wiring score"),
+             plan: str = PlanOpt, plan_weight: float = typer.Option(1.0, help="weight of C1's plan score"),
              source: str = SourceOpt, root: Optional[str] = RootOpt):
     """Accuracy, oracle@k (diagnostic), error attribution and problems/s; JSON Lines + HTML report."""
     from pathlib import Path
@@ -472,7 +478,8 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
     names = [d.strip() for d in dataset.split(",") if d.strip()]
     which = {n: split if split in splits(n) else "test" for n in names}  # test-only datasets use test
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
-    solver = _solver(model, beam, groupings, batch_size, threshold=threshold, wiring_weight=wiring_weight)
+    solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
+                     plan_weight=plan_weight)
     results = [evaluate(solver, ps, f"{n}/{which[n]}", progress=True) for n, ps in problems.items()]
     folder = Path(out) if out else Path(model).parent.parent / "eval"
     index = write(results, folder)

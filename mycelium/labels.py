@@ -30,7 +30,7 @@ from collections import Counter
 import numpy as np
 
 from .answer import answers_match
-from .clauses import parse, region
+from .clauses import clause_span, parse, region_clauses
 from .data import Problem
 from .executor import execute
 from .graph import Graph, Source
@@ -115,7 +115,8 @@ def build_example(problem: Problem, trace: Trace, reading: Reading, constants: s
         s0, s1 = int(toks[0]), int(toks[-1]) + 1
         w = iaf(a, s0, s1)
         weights = {int(trace.problem_offsets[j][0]): float(w[j]) for j in np.argsort(-w)[:8]}
-        reg = region(clauses, weights)
+        run = region_clauses(clauses, weights)
+        reg = clause_span(clauses, *run) if run else None
         operands = []
         for o in step.operands:
             ref = o.ref
@@ -136,6 +137,7 @@ def build_example(problem: Problem, trace: Trace, reading: Reading, constants: s
                 o.ref = ref
         mass = step_mass(trace, s0, s1)
         steps.append({"op": step.op.value, "tokens": [s0, s1], "region": list(reg) if reg else None,
+                      "clauses": list(run) if run else None,
                       "region_text": problem.question[reg[0]:reg[1]] if reg else None,
                       "operands": operands, "depends_on": sorted({o.ref for o in step.operands if o.source is Source.RESULT}),
                       "problem_mass": mass["problem"], "solution_mass": mass["solution"]})
@@ -144,7 +146,8 @@ def build_example(problem: Problem, trace: Trace, reading: Reading, constants: s
         return None
     relevance = sorted({tuple(s["region"]) for s in steps if s["region"]})
     return {"id": problem.id, "question": problem.question, "answer": problem.answer,
-            "quantities": [q.to_json() for q in graph.quantities], "steps": steps,
+            "quantities": [q.to_json() for q in graph.quantities], "clauses": [list(c) for c in clauses.spans],
+            "steps": steps,
             "relevance": [list(r) for r in relevance], "goal": {"step": graph.answer, "type": _answer_type(problem.answer)},
             "graph": graph.to_json()}
 

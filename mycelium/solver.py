@@ -45,19 +45,21 @@ from .errors import BadInput
 from .executor import execute
 from .graph import Graph, Op, Operand, Source, Step
 from .numbers import find_quantities
-from .specialists import ANSWER_TYPES, MAX_SLOTS, MAX_STEPS, OPS, _char_mask
+from .specialists import ANSWER_TYPES, MAX_SLOTS, MAX_STEPS, MAX_WIDTH, OPS, _char_mask
 from .training import load_model
 
 
 @dataclass
 class SolverConfig:
     threshold: float = 0.5  # C1: a clause is a span when its tokens' mean relevance is over this
-    groupings: int = 24  # candidate groupings per problem
+    plan: str = "learned"  # step regions from C1's learned plan, "enumerate"d from C1's spans, or "both"
+    groupings: int = 24  # candidate groupings (plans) per problem
     beam: int = 4  # alternatives kept per step decision and partial graphs kept per grouping
     batch_size: int = 32  # questions per encoder pass
     time_budget_s: float = 5.0  # per problem, after the shared encoder pass
     min_english: float = 0.5  # langdetect's probability of English under which a question is refused
     wiring_weight: float = 1.0  # how much C5's agreement with the graph's wiring counts in the score
+    plan_weight: float = 1.0  # how much C1's plan log probability counts in the score
 
 
 @dataclass
@@ -118,23 +120,88 @@ def value_type(x: sympy.Expr) -> str:
     return "other"
 
 
+@torch.no_grad()
+def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[int, int]]], beam: int,
+          top: int) -> list[list[tuple[float, list]]]:
+    """C1's plan, beam-searched for a batch of questions: per question the `top` best step sequences.
+
+    Each plan is (log prob, [region per step]), a region being a character
+    span (a run of up to MAX_WIDTH clauses) or None for an implicit step that
+    reads no clause. Every beam of every question advances together.
+    """
+    B, T, d = hidden.shape
+    K, W = max(1, max(len(c) for c in clause_spans)), MAX_WIDTH
+    clause_mask, region_mask = torch.zeros(B, K, T), torch.zeros(B, K, W, T)
+    region_ok = torch.zeros(B, K, W, dtype=torch.bool)
+    spans: dict = {}
+    for j, cl in enumerate(clause_spans):
+        for k, (a, b) in enumerate(cl):
+            clause_mask[j, k] = _char_mask(offsets[j], [(a, b)])
+            for w in range(min(W, len(cl) - k)):
+                spans[j, k, w] = (a, max(e for _, e in cl[k:k + w + 1]))
+                region_mask[j, k, w] = _char_mask(offsets[j], [spans[j, k, w]])
+                region_ok[j, k, w] = True
+    pooled = lambda m: (m @ hidden) / m.sum(-1, keepdim=True).clamp_min(1)  # noqa: E731
+    clauses = pooled(clause_mask)  # [question, clause, d]
+    regions = torch.cat([pooled(region_mask.view(B, K * W, T)), torch.zeros(B, 1, d)], 1)  # [question, K*W + implicit, d]
+    valid = clause_mask.sum(-1) > 0  # [question, clause]
+    question = pooled(attention_mask[:, None].to(hidden.dtype))[:, 0]  # [question, d]
+    ends = (torch.arange(K)[:, None] + torch.arange(W)[None]).clamp(max=K - 1)  # [start, width] -> last clause
+    choice_ok = torch.cat([region_ok.view(B, K * W), torch.ones(B, 1, dtype=torch.bool)], 1)  # [question, choice]
+    hi_of = torch.cat([ends.flatten(), torch.tensor([-1])])  # [choice] last clause (-1: implicit)
+
+    prev = model.plan_first.expand(B, 1, d)  # [question, beam, d]
+    prev_hi = torch.full((B, 1), -1)
+    score = torch.zeros(B, 1)
+    seqs = torch.zeros(B, 1, 0, dtype=torch.long)  # [question, beam, step] choice indices
+    finished: list[list] = [[] for _ in range(B)]
+    for k in range(MAX_STEPS + 1):
+        ctx = model.plan_context(prev, question, torch.tensor([k]))  # every beam is at step k
+        start_lp = torch.log_softmax(model.plan_start(ctx, clauses, valid, prev_hi), -1)  # [question, beam, K + 2]
+        if k:
+            stop = (score + start_lp[..., K + 1]).tolist()
+            for j in range(B):
+                finished[j] += [(stop[j][b], seqs[j, b].tolist()) for b in range(seqs.shape[1]) if stop[j][b] > -1e3]
+        if k == MAX_STEPS:
+            break
+        n = prev.shape[1]
+        q_end = model.plan_end_query(ctx[:, :, None] + clauses[:, None])  # [question, beam, start, d]
+        end_logits = torch.einsum("bnkd,bed->bnke", q_end, clauses) / d ** 0.5  # [question, beam, start, end]
+        end_logits = torch.gather(end_logits, 3, ends[None, None].expand(B, n, K, W)) + model.plan_width.weight[:, 0]
+        end_lp = torch.log_softmax(end_logits.masked_fill(~region_ok[:, None], -1e4), -1)  # [question, beam, start, width]
+        step_lp = torch.cat([(start_lp[..., :K, None] + end_lp).flatten(2), start_lp[..., K:K + 1]], -1)
+        total = (score[..., None] + step_lp).masked_fill(~choice_ok[:, None], -1e4)  # [question, beam, choice]
+        best, idx = total.flatten(1).topk(min(beam, total[0].numel()), -1)  # [question, beam']
+        src, choice = idx // (K * W + 1), idx % (K * W + 1)
+        prev = torch.gather(regions, 1, choice[..., None].expand(-1, -1, d))
+        prev_hi, score = hi_of[choice], best
+        seqs = torch.cat([torch.gather(seqs, 1, src[..., None].expand(-1, -1, seqs.shape[2])), choice[..., None]], 2)
+    out = []
+    for j in range(B):
+        ranked = sorted(finished[j], key=lambda x: -x[0])[:top]
+        out.append([(lp, [None if c == K * W else spans[j, c // W, c % W] for c in seq]) for lp, seq in ranked])
+    return out
+
+
 def _top(lp: np.ndarray, allowed: list[int], k: int) -> list[int]:
     return sorted(allowed, key=lambda c: -lp[c])[:k]
 
 
-def decode(op_lp: np.ndarray, c3_lp: np.ndarray, Q: int, S: int, n_const: int, beam: int,
-           n_mentions: int | None = None) -> list[tuple[float, list]]:
+def decode(op_logits: np.ndarray, op_by_operand: np.ndarray, c3_lp: np.ndarray, Q: int, S: int, n_const: int,
+           beam: int, n_mentions: int | None = None) -> list[tuple[float, list]]:
     """Beam search over one grouping's steps: [(log prob, [(op index, [candidate index, ...]) per step])].
 
-    op_lp: [step, op]; c3_lp: [step, slot, cand] with candidates laid out as
-    [Q mentions | S steps | constants | another constant | no more]. "Another
-    constant" has no value and is never picked; "no more" may end a step
-    after two operands. Only the first `n_mentions` mentions are this
-    question's own (the rest pad the batch).
+    op_logits: [step, op] C2 before the operands; op_by_operand: [cand, slot, op]
+    what each operand in each slot adds to them (C2 reads the operands);
+    c3_lp: [step, slot, cand] with candidates laid out as [Q mentions | S
+    steps | constants | another constant | no more]. "Another constant" has
+    no value and is never picked; "no more" may end a step after two
+    operands. Only the first `n_mentions` mentions are this question's own
+    (the rest pad the batch).
     """
     end = c3_lp.shape[-1] - 1
     partial: list[tuple[float, list]] = [(0.0, [])]
-    for s in range(op_lp.shape[0]):
+    for s in range(c3_lp.shape[0]):
         allowed = list(range(Q if n_mentions is None else n_mentions)) + [Q + t for t in range(s)] + [Q + S + k for k in range(n_const)]
         tuples, finished = [(0.0, [])], []
         for slot in range(MAX_SLOTS):
@@ -146,9 +213,13 @@ def decode(op_lp: np.ndarray, c3_lp: np.ndarray, Q: int, S: int, n_const: int, b
                 grown += [(score + lp[c], picks + [c]) for c in _top(lp, [c for c in allowed if c not in picks], beam)]
             tuples = sorted(grown, key=lambda t: -t[0])[:beam]
         finished = sorted(finished + tuples, key=lambda t: -t[0])[:beam]
-        ops = np.argsort(-op_lp[s])[: min(beam, 2)]
-        partial = sorted(((p + float(op_lp[s, o]) + t, steps + [(int(o), picks)])
-                          for p, steps in partial for o in ops for t, picks in finished), key=lambda x: -x[0])[:beam]
+        options = []
+        for t, picks in finished:
+            logits = op_logits[s] + op_by_operand[picks, np.arange(len(picks))].sum(0)  # [op]
+            lp_op = logits - np.logaddexp.reduce(logits)
+            options += [(t + float(lp_op[o]), o, picks) for o in np.argsort(-lp_op)[: min(beam, 2)]]
+        partial = sorted(((p + t, steps + [(int(o), picks)]) for p, steps in partial for t, o, picks in options),
+                         key=lambda x: -x[0])[:beam]
     return partial
 
 
@@ -229,15 +300,24 @@ class Solver:
         hidden = self.model.read(tok["input_ids"], tok["attention_mask"])  # [question, token, d]
         relevance = torch.sigmoid(self.model.c1(hidden).squeeze(-1))  # [question, token]
         rows, owner, spans = [], [], {}
-        for j, (i, clauses) in enumerate(zip(todo, parse_many(texts))):
+        parsed = parse_many(texts)
+        if self.config.plan == "learned":
+            planned = plans(self.model, hidden, tok["attention_mask"], tok["offset_mapping"],
+                            [c.spans for c in parsed], max(self.config.beam, self.config.groupings), self.config.groupings)
+        for j, (i, clauses) in enumerate(zip(todo, parsed)):
             spans[i] = self._spans(clauses.spans, relevance[j], tok["offset_mapping"][j], tok["attention_mask"][j])
-            for g in groupings(spans[i], self.config.groupings):
-                rows.append({"groups": g, "quantities": quantities[i]})
+            if self.config.plan == "learned":
+                candidates = [(lp, g) for lp, g in planned[j] if g]
+            else:
+                candidates = [(0.0, g) for g in groupings(spans[i], self.config.groupings)]
+            for lp, g in candidates:
+                rows.append({"groups": g, "quantities": quantities[i], "plan_lp": lp})
                 owner.append(j)
         batch = self._candidate_masks(rows, owner, tok["offset_mapping"])
         batch["attention_mask"] = tok["attention_mask"][owner]
         heads = self.model.heads(hidden[owner], batch)  # one pass: every step of every candidate
-        op_lp = torch.log_softmax(heads["c2"], -1).numpy()  # [cand, step, op]
+        op_logits = heads["c2"].numpy()  # [row, step, op] before the operands
+        op_by_operand = heads["c2_operand"].numpy()  # [row, cand, slot, op]
         c3_lp = torch.log_softmax(heads["c3"], -1).numpy()  # [cand, step, slot, cand]
         goal_logits = heads["c6_goal"].numpy()  # [cand, step]
         edge_lp = torch.nn.functional.logsigmoid(heads["c5"]).numpy()  # [cand, earlier, later]: log p(edge)
@@ -256,8 +336,8 @@ class Solver:
                 n = len(rows[r]["groups"])
                 goal_lp = goal_logits[r, :n] - np.logaddexp.reduce(goal_logits[r, :n])
                 goal = int(goal_lp.argmax())
-                for score, steps in decode(op_lp[r, :n], c3_lp[r, :n], Q, S, len(self.constants), self.config.beam,
-                                           len(quantities[i])):
+                for score, steps in decode(op_logits[r, :n], op_by_operand[r], c3_lp[r, :n], Q, S, len(self.constants),
+                                           self.config.beam, len(quantities[i])):
                     graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S)
                     key = (tuple((k, tuple(self._pick_key(c, Q, S, quantities[i]) for c in picks)) for k, picks in steps), goal)
                     if key not in runs:  # groupings often decode to the same graph: execute it once
@@ -267,7 +347,8 @@ class Solver:
                     plausible = ok and value_type(run.answer) == ANSWER_TYPES[types[r]]
                     wiring = self._wiring(steps, edge_lp[r], no_edge_lp[r], Q, S)
                     scored.append({"graph": graph, "answer": run.answer, "ok": ok, "plausible": plausible,
-                                   "score": float(score + goal_lp[goal] + self.config.wiring_weight * wiring),
+                                   "score": float(score + goal_lp[goal] + self.config.wiring_weight * wiring
+                                                  + self.config.plan_weight * rows[r]["plan_lp"]),
                                    "error": None if run.ok else str(run.error)})
             scored.sort(key=lambda c: (c["ok"], c["plausible"], c["score"]), reverse=True)
             diag = [{k: c[k] for k in ("answer", "score", "ok", "plausible")} for c in scored]
@@ -276,6 +357,8 @@ class Solver:
                 continue
             best = scored[0]
             reason = None if best["ok"] else f"no candidate executes ({best['error']})"
+            if self.config.plan == "learned":  # the text the answer came from: its steps' regions
+                spans[i] = sorted({st.span for st in best["graph"].steps if st.span})
             sols[i] = Solution(questions[i], best["answer"] if best["ok"] else None, best["graph"], spans[i],
                                float(best["score"]), diag, reason)
         return sols
@@ -308,7 +391,8 @@ class Solver:
             for q, x in enumerate(row["quantities"]):
                 mention_mask[r, q] = mask(j, (x.start, x.end))
             for k, span in enumerate(row["groups"][:S]):
-                step_mask[r, k] = mask(j, tuple(span))
+                if span is not None:  # an implicit step reads no clause
+                    step_mask[r, k] = mask(j, tuple(span))
             cand_mask[r, :, : len(row["quantities"])] = True
         cand_mask[:, :, Q + S:] = True
         cand_mask[:, :, Q: Q + S] = torch.tril(torch.ones(S, S, dtype=torch.bool), -1)  # earlier steps only
@@ -341,5 +425,5 @@ class Solver:
                 else:
                     operands.append(Operand(Source.CONSTANT, self.constants[c - Q - S]))
             op = OPS[k] if self.model.config.c2_labels == "ops" else "add"
-            out.append(Step(Op(op), operands, span=tuple(groups[s])))
+            out.append(Step(Op(op), operands, span=tuple(groups[s]) if groups[s] else None))
         return Graph(question, quantities, out, goal)

@@ -9,7 +9,8 @@
 | head | reads | predicts |
 |---|---|---|
 | C1 | every question token | relevance (0–1): is it inside an operation-bearing region |
-| C2 | a step: its region's pooled tokens + its position | operation (add, sub, mul, div, pow) |
+| C1 plan | the clauses, the previous step's region, the step's position | the next step's run of clauses, an implicit step (no region), or "stop" |
+| C2 | a step: its region's pooled tokens + its position, and its operands | operation (add, sub, mul, div, pow) |
 | C3 | a step and an operand slot | pointer over problem mentions, earlier steps, constants, "no more" |
 | C4 | a step | bridging (internal computation, little attention on the problem) |
 | C5 | a pair of steps | does the later one use the earlier one's result |
@@ -36,6 +37,7 @@ OPS = ["add", "sub", "mul", "div", "pow"]
 ANSWER_TYPES = ["integer", "decimal", "fraction", "other"]
 MAX_STEPS = 12
 MAX_SLOTS = 4
+MAX_WIDTH = 4  # clauses in one step's region
 HEADS = ("c1", "c2", "c3", "c4", "c5", "c6")
 
 
@@ -61,7 +63,20 @@ class Specialists(nn.Module):
         # A mention inside the step's region is a likely operand: a learned bias, not a rule.
         self.in_region = nn.Parameter(torch.tensor(1.0))
         self.c1 = nn.Linear(d, 1)
+        # C1's plan: which run of clauses each step reads, in solution order (not text order), then "stop".
+        self.plan_pos = nn.Embedding(MAX_STEPS + 1, d)
+        self.plan_first = nn.Parameter(torch.zeros(d))  # the "previous region" of the first step
+        self.plan_implicit = nn.Parameter(torch.randn(d) * 0.02)  # a step that reads no clause (C4's implicit step)
+        self.plan_stop = nn.Parameter(torch.randn(d) * 0.02)
+        self.plan_query = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.plan_end_query = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        # Learned biases by clause offset from the previous region's last clause (-4..4, then "no previous"),
+        # and by region width: where the next step reads is often next door.
+        self.plan_offset = nn.Embedding(10, 1)
+        self.plan_width = nn.Embedding(MAX_WIDTH, 1)
         self.c2 = nn.Linear(d, config.n_templates if config.c2_labels == "templates" else len(OPS))
+        # C2 also reads the step's operands: each (operand, slot) adds to the operation logits ("60" → div).
+        self.c2_operand = nn.Linear(d, MAX_SLOTS * self.c2.out_features)
         self.c3_query = nn.Linear(d, d)
         self.c4 = nn.Linear(d, 2)
         self.c5 = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
@@ -104,7 +119,8 @@ class Specialists(nn.Module):
         B = hidden.shape[0]
         consts = self.constant.weight[None].expand(B, -1, -1)  # [batch, const, d]
         candidates = torch.cat([mentions, steps, consts, self.end.expand(B, -1, -1)], 1)  # [batch, cand, d]
-        out["c2"] = self.c2(steps)  # [batch, step, op]
+        out["c2"] = self.c2(steps)  # [batch, step, op], before the operands are known
+        out["c2_operand"] = self.c2_operand(candidates).view(B, candidates.shape[1], MAX_SLOTS, -1)  # [batch, cand, slot, op]
         query = self.c3_query(steps[:, :, None] + self.slot.weight[None, None])  # [batch, step, slot, d]
         c3 = torch.einsum("bsqd,bcd->bsqc", query, candidates) / hidden.shape[-1] ** 0.5  # [batch, step, slot, cand]
         inside = (torch.einsum("bst,bqt->bsq", batch["step_mask"], batch["mention_mask"]) > 0).to(c3.dtype)
@@ -123,7 +139,39 @@ class Specialists(nn.Module):
         # Mean over the question, not the first token: a decoder's first token has seen nothing.
         question = pooled(batch["attention_mask"][:, None].to(hidden.dtype))[:, 0]  # [batch, d]
         out["c6_type"] = self.c6_type(question)  # [batch, type]
+        if "clause_mask" in batch:  # training: the plan, teacher-forced on the labelled regions
+            regions = pooled(batch["step_mask"])  # [batch, step, d]
+            prev = torch.cat([self.plan_first.expand(B, 1, -1), regions], 1)  # [batch, step + 1, d]
+            clauses = pooled(batch["clause_mask"])  # [batch, clause, d]
+            valid = batch["clause_mask"].sum(-1) > 0  # [batch, clause]
+            ctx = self.plan_context(prev, question, torch.arange(prev.shape[1], device=hidden.device))
+            out["plan_start"] = self.plan_start(ctx, clauses, valid, batch["plan_prev_hi"])  # [batch, step + 1, clause + 2]
+            lo = batch["plan_lo"].clamp_min(0)  # [batch, step]
+            start_states = torch.gather(clauses, 1, lo[..., None].expand(-1, -1, clauses.shape[-1]))
+            out["plan_end"] = self.plan_end(ctx[:, :-1], start_states, clauses, valid, lo)  # [batch, step, clause]
         return out
+
+    def plan_context(self, prev, question, position):
+        """prev: [batch, step, d] the previous step's region (pooled), question: [batch, d], position: [step]."""
+        return prev + self.plan_pos(position) + question[:, None]  # [batch, step, d]
+
+    def plan_start(self, ctx, clauses, valid, prev_hi):
+        """Logits over [clauses | implicit step | stop]: [batch, step, clause + 2]; prev_hi: [batch, step], -1 for none."""
+        B, K = clauses.shape[:2]
+        keys = torch.cat([clauses, self.plan_implicit.expand(B, 1, -1), self.plan_stop.expand(B, 1, -1)], 1)
+        logits = torch.einsum("bsd,bkd->bsk", self.plan_query(ctx), keys) / ctx.shape[-1] ** 0.5
+        offset = (torch.arange(K, device=ctx.device)[None, None] - prev_hi[..., None]).clamp(-4, 4) + 4  # [batch, step, clause]
+        offset = torch.where(prev_hi[..., None] < 0, torch.full_like(offset, 9), offset)
+        bias = self.plan_offset(offset).squeeze(-1).masked_fill(~valid[:, None], -1e4)
+        return torch.cat([logits[..., :K] + bias, logits[..., K:]], -1)
+
+    def plan_end(self, ctx, start_states, clauses, valid, lo):
+        """Logits over the region's last clause given its first (lo: [batch, step]): [batch, step, clause]."""
+        K = clauses.shape[1]
+        logits = torch.einsum("bsd,bkd->bsk", self.plan_end_query(ctx + start_states), clauses) / ctx.shape[-1] ** 0.5
+        width = torch.arange(K, device=ctx.device)[None, None] - lo[..., None]  # [batch, step, clause]
+        ok = (width >= 0) & (width < MAX_WIDTH) & valid[:, None]
+        return (logits + self.plan_width(width.clamp(0, MAX_WIDTH - 1)).squeeze(-1)).masked_fill(~ok, -1e4)
 
     def config_dict(self) -> dict:
         return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}
@@ -180,6 +228,8 @@ def encode(model: Specialists, examples: list[dict]) -> dict:
             y["c6_goal"][b] = ex["goal"]["step"]
         if ex.get("goal"):
             y["c6_type"][b] = ANSWER_TYPES.index(ex["goal"]["type"])
+    if all("clauses" in ex for ex in examples):  # labels made before the plan existed have none
+        batch.update(_plan_targets(examples, enc["offset_mapping"], S))
     # C3 may point at the example's own mentions, *earlier* steps, every constant, and "no more".
     cand_mask = torch.zeros(B, S, Q + S + C + 2, dtype=torch.bool)
     for b, ex in enumerate(examples):
@@ -192,18 +242,58 @@ def encode(model: Specialists, examples: list[dict]) -> dict:
     return batch
 
 
+def _plan_targets(examples: list[dict], offsets, S: int) -> dict:
+    """C1 plan targets: per step its first clause (or "implicit"), then "stop"; its last clause."""
+    B, T = offsets.shape[:2]
+    K = max(1, max(len(ex["clauses"]) for ex in examples))
+    clause_mask = torch.zeros(B, K, T)
+    start = torch.full((B, S + 1), -100)  # [batch, step + 1]: clause, K = implicit, K + 1 = stop
+    lo, end = torch.full((B, S), -100), torch.full((B, S), -100)
+    prev_hi = torch.full((B, S + 1), -1)
+    for b, ex in enumerate(examples):
+        for k, span in enumerate(ex["clauses"]):
+            clause_mask[b, k] = _char_mask(offsets[b], [span])
+        steps = ex.get("steps", [])
+        for s, st in enumerate(steps[:S]):
+            run = st.get("clauses")
+            if run and run[1] - run[0] < MAX_WIDTH:
+                start[b, s], lo[b, s], end[b, s] = run[0], run[0], run[1]
+                prev_hi[b, s + 1] = run[1]
+            elif not st.get("region"):
+                start[b, s] = K
+        if len(steps) <= S:
+            start[b, len(steps)] = K + 1
+    return {"clause_mask": clause_mask, "plan_lo": lo, "plan_prev_hi": prev_hi,
+            "plan_targets": {"start": start, "end": end}}
+
+
+def op_logits(out: dict, picks: torch.Tensor) -> torch.Tensor:
+    """C2's logits given each step's operands; picks: [batch, step, slot] C3 candidates, < 0 or "no more" for none."""
+    B, S, K = picks.shape
+    end = out["c2_operand"].shape[1] - 1
+    used = (picks >= 0) & (picks != end)
+    by_operand = out["c2_operand"][torch.arange(B, device=picks.device)[:, None, None], picks.clamp(0, end),
+                                   torch.arange(K, device=picks.device)]  # [batch, step, slot, op]
+    return out["c2"] + (by_operand * used[..., None]).sum(2)  # [batch, step, op]
+
+
 def losses(out: dict, batch: dict, heads=HEADS) -> dict:
     """One loss per selected head; padding and missing labels are ignored."""
     y, mask = batch["targets"], batch["attention_mask"].float()
     ce = nn.functional.cross_entropy
     S = out["c2"].shape[1]
-    step_ok = torch.arange(S)[None] < batch["n_steps"][:, None]  # [batch, step]
+    step_ok = torch.arange(S, device=mask.device)[None] < batch["n_steps"][:, None]  # [batch, step]
     L = {}
     if "c1" in heads:
         bce = nn.functional.binary_cross_entropy_with_logits(out["c1"], y["c1"], reduction="none")
         L["c1"] = (bce * mask).sum() / mask.sum()
+        if "plan_start" in out:
+            y_plan = batch["plan_targets"]
+            L["c1_plan"] = ce(out["plan_start"].flatten(0, 1), y_plan["start"].flatten(), ignore_index=-100)
+            if (y_plan["end"] >= 0).any():
+                L["c1_plan"] = L["c1_plan"] + ce(out["plan_end"].flatten(0, 1), y_plan["end"].flatten(), ignore_index=-100)
     if "c2" in heads:
-        L["c2"] = ce(out["c2"].flatten(0, 1), y["c2"].flatten(), ignore_index=-100)
+        L["c2"] = ce(op_logits(out, y["c3"]).flatten(0, 1), y["c2"].flatten(), ignore_index=-100)
     if "c3" in heads and (y["c3"] >= 0).any():
         L["c3"] = ce(out["c3"].flatten(0, 2), y["c3"].flatten(), ignore_index=-100)
     if "c4" in heads:

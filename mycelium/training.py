@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import BadInput
-from .specialists import HEADS, SpecialistConfig, Specialists, encode, losses
+from .specialists import HEADS, SpecialistConfig, Specialists, encode, losses, op_logits
 from .store import atomic_write
 
 
@@ -34,6 +34,14 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 0
+    device: str = "cpu"  # or cuda: the loop is the same, batches follow the model
+
+
+def to_device(batch, device):
+    """A batch (nested dicts of tensors) on the model's device."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device) if torch.is_tensor(batch) else batch
 
 
 def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -57,20 +65,27 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> 
     """Development metrics of every head."""
     model.eval()
     c = {k: 0 for k in ("t_tp", "t_p", "t_g", "s_tp", "s_p", "s_g", "c2", "n2", "c3", "n3", "c3e", "n3e", "c4", "n4",
-                        "e_tp", "e_p", "e_g", "c6", "n6", "c6t", "n6t")}
+                        "e_tp", "e_p", "e_g", "c6", "n6", "c6t", "n6t", "pl", "npl")}
+    device = next(model.parameters()).device
     for i in range(0, len(examples), batch_size):
-        batch = encode(model, examples[i:i + batch_size])
+        batch = to_device(encode(model, examples[i:i + batch_size]), device)
         out, y = model(batch), batch["targets"]
         mask = batch["attention_mask"].bool()
         pred1, gold1 = (out["c1"] > 0) & mask, (y["c1"] > 0.5) & mask
         c["t_tp"] += int((pred1 & gold1).sum()); c["t_p"] += int(pred1.sum()); c["t_g"] += int(gold1.sum())
         for b in range(len(pred1)):
-            ps, gs = _spans(pred1[b].numpy()), _spans(gold1[b].numpy())
+            ps, gs = _spans(pred1[b].cpu().numpy()), _spans(gold1[b].cpu().numpy())
             c["s_p"] += len(ps); c["s_g"] += len(gs)
             c["s_tp"] += sum(any(min(pe, ge) - max(ps_, gs_) >= 0.5 * max(pe, ge) - 0.5 * min(ps_, gs_)
                                  for gs_, ge in gs) for ps_, pe in ps)
+        if "plan_start" in out:  # teacher-forced: first clause (or implicit, stop) and last clause both right
+            ys, ye = batch["plan_targets"]["start"], batch["plan_targets"]["end"]
+            hit = out["plan_start"].argmax(-1) == ys  # [batch, step + 1]
+            hit[:, :-1] &= (ye < 0) | (out["plan_end"].argmax(-1) == ye)
+            c["pl"] += int(hit[ys >= 0].sum()); c["npl"] += int((ys >= 0).sum())
         ok = y["c2"] >= 0
-        c["c2"] += int((out["c2"].argmax(-1)[ok] == y["c2"][ok]).sum()); c["n2"] += int(ok.sum())
+        ops = op_logits(out, y["c3"]).argmax(-1)  # given the labelled operands, as the solver asks after choosing them
+        c["c2"] += int((ops[ok] == y["c2"][ok]).sum()); c["n2"] += int(ok.sum())
         end = out["c3"].shape[-1] - 1  # "no more operands": scored apart, as arity
         ok = (y["c3"] >= 0) & (y["c3"] != end)
         c["c3"] += int((out["c3"].argmax(-1)[ok] == y["c3"][ok]).sum()); c["n3"] += int(ok.sum())
@@ -83,13 +98,14 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> 
         pe, ge = (out["c5"][ok] > 0), (y["c5"][ok] > 0.5)
         c["e_tp"] += int((pe & ge).sum()); c["e_p"] += int(pe.sum()); c["e_g"] += int(ge.sum())
         S = out["c6_goal"].shape[1]
-        goal = out["c6_goal"].masked_fill(~(torch.arange(S)[None] < batch["n_steps"][:, None]), -1e4).argmax(-1)
+        goal = out["c6_goal"].masked_fill(~(torch.arange(S, device=device)[None] < batch["n_steps"][:, None]), -1e4).argmax(-1)
         ok = y["c6_goal"] >= 0
         c["c6"] += int((goal[ok] == y["c6_goal"][ok]).sum()); c["n6"] += int(ok.sum())
         ok = y["c6_type"] >= 0
         c["c6t"] += int((out["c6_type"].argmax(-1)[ok] == y["c6_type"][ok]).sum()); c["n6t"] += int(ok.sum())
     r = lambda a, n: c[a] / max(c[n], 1)  # noqa: E731
     return {"c1_token_f1": _prf(c["t_tp"], c["t_p"], c["t_g"]), "c1_span_f1": _prf(c["s_tp"], c["s_p"], c["s_g"]),
+            "c1_plan_accuracy": r("pl", "npl"),
             "c2_accuracy": r("c2", "n2"), "c3_operand_accuracy": r("c3", "n3"),
             "c3_arity_accuracy": r("c3e", "n3e"), "c4_accuracy": r("c4", "n4"),
             "c5_edge_f1": _prf(c["e_tp"], c["e_p"], c["e_g"]), "c6_goal_accuracy": r("c6", "n6"),
@@ -97,7 +113,7 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> 
 
 
 def _score(metrics: dict, heads) -> float:
-    keys = {"c1": ["c1_token_f1"], "c2": ["c2_accuracy"], "c3": ["c3_operand_accuracy"], "c4": ["c4_accuracy"],
+    keys = {"c1": ["c1_token_f1", "c1_plan_accuracy"], "c2": ["c2_accuracy"], "c3": ["c3_operand_accuracy"], "c4": ["c4_accuracy"],
             "c5": ["c5_edge_f1"], "c6": ["c6_goal_accuracy"]}
     return float(np.mean([metrics[k] for h in heads for k in keys[h]]))
 
@@ -120,11 +136,11 @@ def _batches(examples: list[dict], size: int, seed: int, pool: int = 50) -> list
 def _save_checkpoint(path: Path, model, opt, state: dict) -> None:
     from safetensors.torch import save
 
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     osd = opt.state_dict()
     for idx, st in osd["state"].items():
         for k, v in st.items():
-            tensors[f"opt.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+            tensors[f"opt.{idx}.{k}"] = (v.cpu() if torch.is_tensor(v) else torch.tensor(v)).contiguous()
     tensors["rng"] = torch.get_rng_state()
     meta = {"state": json.dumps(state), "param_groups": json.dumps(osd["param_groups"])}
     atomic_write(path, save(tensors, metadata=meta))
@@ -149,7 +165,7 @@ def _load_checkpoint(path: Path, model, opt) -> dict:
 def save_model(model: Specialists, folder: Path, extra: dict) -> None:
     from safetensors.torch import save
 
-    atomic_write(folder / "model.safetensors", save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    atomic_write(folder / "model.safetensors", save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
     atomic_write(folder / "config.json", json.dumps(model.config_dict() | extra, indent=1).encode())
 
 
@@ -170,12 +186,13 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
     if not train_set or not dev_set:
         raise BadInput(f"training needs examples in both splits (train {len(train_set)}, dev {len(dev_set)})")
     torch.manual_seed(cfg.seed)
+    model.to(cfg.device)
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     opt = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": cfg.lr},
                              {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
     ckpt = out / "checkpoint.safetensors"
     # Epochs and patience only say when to stop: raising them continues a run rather than restarting it.
-    same_run = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "patience")}
+    same_run = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "patience", "device")}
     fingerprint = {"train": same_run, "heads": list(heads), "n_train": len(train_set), "model": model.config_dict()}
     state = {"epoch": 0, "best": -1.0, "stale": 0, "history": [], "fingerprint": fingerprint}
     if ckpt.exists():
@@ -188,7 +205,7 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
         bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}", unit="batch", disable=not progress)
         t0 = time.monotonic()
         for idx in bar:
-            batch = encode(model, [train_set[i] for i in idx])
+            batch = to_device(encode(model, [train_set[i] for i in idx]), cfg.device)
             L = losses(model(batch), batch, heads)
             loss = sum(L.values())
             opt.zero_grad()

@@ -41,13 +41,17 @@ def test_decode_takes_the_best_choices_and_respects_arity_and_padding():
     n = Q + S + C + 2
     lp = lambda hot: np.log(np.where(np.arange(n) == hot, 0.9, 0.1 / (n - 1)))  # noqa: E731
     op_lp = np.log(np.array([[0.1, 0.1, 0.7, 0.05, 0.05], [0.8, 0.05, 0.05, 0.05, 0.05]]))  # mul, then add
+    by_operand = np.zeros((n, 4, 5))  # [cand, slot, op]: the operands say nothing yet
     c3 = np.stack([np.stack([lp(0), lp(1), lp(n - 1), lp(n - 1)]),  # s0 = mul(q0, q1), then end
                    np.stack([lp(Q + 0), lp(2), lp(Q + S), lp(n - 1)])])  # s1 = add(s0, q2, c0), then end
-    best = decode(op_lp, c3, Q, S, C, beam=3)
+    best = decode(op_lp, by_operand, c3, Q, S, C, beam=3)
     assert best[0][1] == [(2, [0, 1]), (0, [Q + 0, 2, Q + S])]
     assert all(len(picks) >= 2 for _, steps in best for _, picks in steps)
+    # C2 reads the operands: the constant in slot 2 of step 1 turns add into div
+    by_operand[Q + S, 2, 3] = 5.0
+    assert decode(op_lp, by_operand, c3, Q, S, C, beam=3)[0][1] == [(2, [0, 1]), (3, [Q + 0, 2, Q + S])]
     # a padded mention (index 2 when the question has 2) is never picked, nor a later step, nor "another constant"
-    for _, steps in decode(op_lp, c3, Q, S, C, beam=4, n_mentions=2):
+    for _, steps in decode(op_lp, by_operand, c3, Q, S, C, beam=4, n_mentions=2):
         for s, (_, picks) in enumerate(steps):
             assert 2 not in picks and all(not (Q + s <= c < Q + S) for c in picks) and Q + S + C not in picks
 
@@ -65,11 +69,20 @@ def test_solves_the_real_problems_it_learned(solver):
         # the search reaches the learned graph; ranking puts it first at least once (two examples are a small model)
         assert any(c["answer"] == gold for c in s.candidates), [c["answer"] for c in s.candidates[:10]]
         solved += s.answer == gold
-        starts, ends = {a for a, _ in s.spans}, {b for _, b in s.spans}
-        assert s.spans and all(st.span[0] in starts and st.span[1] in ends for st in s.graph.steps)
+        # the spans are the regions the chosen graph's steps read (an implicit step reads none)
+        assert s.spans and s.spans == sorted({st.span for st in s.graph.steps if st.span})
         assert len(s.candidates) > 1 and s.candidates[0]["ok"]
     assert solved >= 1
     assert solver.solve(EXAMPLE["question"]).to_json() == solver.solve(EXAMPLE["question"]).to_json()  # deterministic
+
+
+@pytest.mark.slow
+def test_enumerated_groupings_still_solve(model_dir):
+    """DESIGN.md's enumeration of C1's spans, kept to compare with the learned plan."""
+    s = Solver.load(model_dir, SolverConfig(plan="enumerate")).solve(EXAMPLE["question"])
+    starts, ends = {a for a, _ in s.spans}, {b for _, b in s.spans}
+    assert s.spans and all(st.span[0] in starts and st.span[1] in ends for st in s.graph.steps)
+    assert any(c["answer"] == 72 for c in s.candidates)
 
 
 @pytest.mark.slow

@@ -20,12 +20,13 @@ EXAMPLE = {
     "answer": "72",
     "quantities": [{"start": 22, "end": 24, "text": "48", "value": "48"}],
     "steps": [
-        {"op": "div", "region": [54, 93], "bridging": False, "depends_on": [],
+        {"op": "div", "region": [54, 93], "clauses": [1, 1], "bridging": False, "depends_on": [],
          "operands": [{"source": "quantity", "ref": 0, "value": "48"}, {"source": "orphan", "ref": None, "value": "2"}]},
-        {"op": "add", "region": [0, 48], "bridging": True, "depends_on": [0],
+        {"op": "add", "region": [0, 48], "clauses": [0, 0], "bridging": True, "depends_on": [0],
          "operands": [{"source": "quantity", "ref": 0, "value": "48"}, {"source": "result", "ref": 0, "value": "24"}]},
     ],
     "relevance": [[0, 48], [54, 93]],
+    "clauses": [[0, 48], [54, 93], [95, 154]],
     "goal": {"step": 1, "type": "integer"},
 }
 _Q2 = "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?"
@@ -34,12 +35,13 @@ SECOND = {
     "quantities": [{"start": _Q2.index("$12"), "end": _Q2.index("$12") + 3, "text": "$12", "value": "12"},
                    {"start": _Q2.index("50"), "end": _Q2.index("50") + 2, "text": "50", "value": "50"}],
     "steps": [
-        {"op": "div", "region": [0, 38], "bridging": False, "depends_on": [],
+        {"op": "div", "region": [0, 38], "clauses": [0, 0], "bridging": False, "depends_on": [],
          "operands": [{"source": "quantity", "ref": 0, "value": "12"}, {"source": "orphan", "ref": None, "value": "60"}]},
-        {"op": "mul", "region": [40, 87], "bridging": False, "depends_on": [0],
+        {"op": "mul", "region": None, "clauses": None, "bridging": True, "depends_on": [0],
          "operands": [{"source": "result", "ref": 0, "value": "1/5"}, {"source": "quantity", "ref": 1, "value": "50"}]},
     ],
-    "relevance": [[0, 38], [40, 87]],
+    "relevance": [[0, 38]],
+    "clauses": [[0, 38], [40, 89], [91, 112]],
     "goal": {"step": 1, "type": "integer"},
 }
 
@@ -65,6 +67,13 @@ def test_encode_targets(fresh):
     relevant = [t for t, r in zip(tokens, y["c1"][0]) if r]
     assert relevant[:3] == ["natalia", "sold", "clips"] and "?" not in relevant
     assert not b["cand_mask"][0, 0, Q]  # step 0 cannot point at its own result
+    # C1's plan: step 0 reads clause 1, step 1 clause 0 (solution order is not text order), then stop (K + 1)
+    assert b["plan_targets"]["start"].tolist() == [[1, 0, 4]] and b["plan_targets"]["end"].tolist() == [[1, 0]]
+    assert b["plan_prev_hi"].tolist() == [[-1, 1, 0]]
+    b2 = encode(m, [SECOND])  # a step with no region is an implicit step (K)
+    assert b2["plan_targets"]["start"].tolist() == [[0, 3, 4]]
+    old = encode(m, [{k: v for k, v in EXAMPLE.items() if k != "clauses"}])  # labels from before the plan
+    assert "plan_targets" not in old and "plan_start" not in m(old)
 
 
 @pytest.mark.slow
@@ -83,6 +92,18 @@ def test_overfits_a_tiny_set(fresh):
     metrics = evaluate(m, [EXAMPLE, SECOND])
     assert metrics["c2_accuracy"] == 1.0 and metrics["c3_operand_accuracy"] == 1.0
     assert metrics["c6_goal_accuracy"] == 1.0 and metrics["c5_edge_f1"] == 1.0 and metrics["c1_token_f1"] > 0.9
+    assert metrics["c1_plan_accuracy"] == 1.0
+    # The solver's beam search over plans finds the labelled step sequence first.
+    from mycelium.solver import plans
+
+    m.eval()
+    qs = [EXAMPLE["question"], SECOND["question"]]
+    tok = m.tokenizer(qs, return_offsets_mapping=True, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        found = plans(m, m.read(tok["input_ids"], tok["attention_mask"]), tok["attention_mask"], tok["offset_mapping"],
+                      [[tuple(c) for c in ex["clauses"]] for ex in (EXAMPLE, SECOND)], beam=4, top=3)
+    assert found[0][0][1] == [(54, 93), (0, 48)] and [(0, 38), None] in [g for _, g in found[1]]
+    assert found[0][0][0] > found[0][1][0] and len(found[0]) == 3
 
 
 def test_checkpoint_round_trip(fresh, tmp_path):
