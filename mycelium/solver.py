@@ -45,6 +45,7 @@ from .errors import BadInput
 from .executor import execute
 from .graph import Graph, Op, Operand, Source, Step
 from .numbers import find_quantities
+from .scorer import Scorer, features
 from .specialists import ANSWER_TYPES, MAX_SLOTS, MAX_STEPS, MAX_WIDTH, OPS, _char_mask
 from .training import load_model
 
@@ -60,6 +61,9 @@ class SolverConfig:
     min_english: float = 0.5  # langdetect's probability of English under which a question is refused
     wiring_weight: float = 1.0  # how much C5's agreement with the graph's wiring counts in the score
     plan_weight: float = 1.0  # how much C1's plan log probability counts in the score
+    step_mean: bool = False  # operations and operands scored per step (mean), not summed: no bias to short graphs
+    scorer: bool = True  # rank with the model folder's learned scorer (scorer.json) when it has one
+    keep_features: bool = False  # keep each candidate's scorer features (to fit a scorer)
 
 
 @dataclass
@@ -75,7 +79,9 @@ class Solution:
     def to_json(self) -> dict:
         return {"answer": None if self.answer is None else str(self.answer), "reason": self.reason,
                 "graph": self.graph.to_json() if self.graph else None, "spans": [list(s) for s in self.spans],
-                "score": self.score, "candidates": [{**c, "answer": str(c["answer"])} for c in self.candidates]}
+                "score": self.score,
+                "candidates": [{**{k: v for k, v in c.items() if k != "features"}, "answer": str(c["answer"])}
+                               for c in self.candidates]}
 
 
 def groupings(spans: list[tuple[int, int]], limit: int = 24) -> list[list[tuple[int, int]]]:
@@ -162,12 +168,14 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
             stop = (score + start_lp[..., K + 1]).tolist()
             for j in range(B):
                 finished[j] += [(stop[j][b], seqs[j, b].tolist()) for b in range(seqs.shape[1]) if stop[j][b] > -1e3]
+            # Log probs only fall: once a question's top plans beat every live beam, nothing better can come.
+            alive = score.max(1).values.tolist()
+            if all(len(f) >= top and sorted(x[0] for x in f)[-top] >= a for f, a in zip(finished, alive)):
+                break
         if k == MAX_STEPS:
             break
         n = prev.shape[1]
-        q_end = model.plan_end_query(ctx[:, :, None] + clauses[:, None])  # [question, beam, start, d]
-        end_logits = torch.einsum("bnkd,bed->bnke", q_end, clauses) / d ** 0.5  # [question, beam, start, end]
-        end_logits = torch.gather(end_logits, 3, ends[None, None].expand(B, n, K, W)) + model.plan_width.weight[:, 0]
+        end_logits = torch.gather(model.plan_end(ctx, clauses, valid), 3, ends[None, None].expand(B, n, K, W))
         end_lp = torch.log_softmax(end_logits.masked_fill(~region_ok[:, None], -1e4), -1)  # [question, beam, start, width]
         step_lp = torch.cat([(start_lp[..., :K, None] + end_lp).flatten(2), start_lp[..., K:K + 1]], -1)
         total = (score[..., None] + step_lp).masked_fill(~choice_ok[:, None], -1e4)  # [question, beam, choice]
@@ -183,44 +191,70 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
     return out
 
 
-def _top(lp: np.ndarray, allowed: list[int], k: int) -> list[int]:
-    return sorted(allowed, key=lambda c: -lp[c])[:k]
+@torch.no_grad()
+def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int) -> list[list[tuple[float, list]]]:
+    """Beam search over the steps of every candidate at once: per row [(log prob, [(op, [cand, ...]) per step])].
 
-
-def decode(op_logits: np.ndarray, op_by_operand: np.ndarray, c3_lp: np.ndarray, Q: int, S: int, n_const: int,
-           beam: int, n_mentions: int | None = None) -> list[tuple[float, list]]:
-    """Beam search over one grouping's steps: [(log prob, [(op index, [candidate index, ...]) per step])].
-
-    op_logits: [step, op] C2 before the operands; op_by_operand: [cand, slot, op]
-    what each operand in each slot adds to them (C2 reads the operands);
-    c3_lp: [step, slot, cand] with candidates laid out as [Q mentions | S
-    steps | constants | another constant | no more]. "Another constant" has
-    no value and is never picked; "no more" may end a step after two
-    operands. Only the first `n_mentions` mentions are this question's own
-    (the rest pad the batch).
+    op_logits: [row, step, op] C2 before the operands; op_by_operand: [row,
+    cand, slot, op] what each operand in each slot adds to them (C2 reads the
+    operands); c3_lp: [row, step, slot, cand] over [mentions | steps |
+    constants | another constant | no more]; allowed: [row, step, cand] what
+    a step may point at (its question's mentions, earlier steps, constants);
+    n_steps: [row]. "No more" may end a step after two operands. Per step the
+    best `beam` operand tuples, each with its best two operations, then a
+    beam over steps; every row and step advances together (tensor ops, no
+    Python loop over candidates).
     """
-    end = c3_lp.shape[-1] - 1
-    partial: list[tuple[float, list]] = [(0.0, [])]
-    for s in range(c3_lp.shape[0]):
-        allowed = list(range(Q if n_mentions is None else n_mentions)) + [Q + t for t in range(s)] + [Q + S + k for k in range(n_const)]
-        tuples, finished = [(0.0, [])], []
-        for slot in range(MAX_SLOTS):
-            lp = c3_lp[s, slot]
-            grown = []
-            for score, picks in tuples:
-                if slot >= 2:
-                    finished.append((score + lp[end], picks))
-                grown += [(score + lp[c], picks + [c]) for c in _top(lp, [c for c in allowed if c not in picks], beam)]
-            tuples = sorted(grown, key=lambda t: -t[0])[:beam]
-        finished = sorted(finished + tuples, key=lambda t: -t[0])[:beam]
-        options = []
-        for t, picks in finished:
-            logits = op_logits[s] + op_by_operand[picks, np.arange(len(picks))].sum(0)  # [op]
-            lp_op = logits - np.logaddexp.reduce(logits)
-            options += [(t + float(lp_op[o]), o, picks) for o in np.argsort(-lp_op)[: min(beam, 2)]]
-        partial = sorted(((p + t, steps + [(int(o), picks)]) for p, steps in partial for t, o, picks in options),
-                         key=lambda x: -x[0])[:beam]
-    return partial
+    R, S, K, C = c3_lp.shape
+    end, neg = C - 1, -1e9
+    ar = torch.arange(R)[:, None, None, None]
+    # operand tuples, slot by slot
+    score, idx = c3_lp[:, :, 0].masked_fill(~allowed, neg).topk(min(beam, C), -1)  # [row, step, b]
+    picks = idx[..., None]  # [row, step, b, slot]
+    done_score, done_picks = [], []
+    for slot in range(1, K):
+        lp = c3_lp[:, :, slot]  # [row, step, cand]
+        if slot >= 2:  # stop here: "no more"
+            done_score.append(score + lp[..., end:])
+            done_picks.append(torch.nn.functional.pad(picks, (0, K - slot), value=-1))
+        used = torch.zeros(*picks.shape[:3], C, dtype=torch.bool).scatter_(3, picks, True)
+        grow = (score[..., None] + lp[:, :, None]).masked_fill(~allowed[:, :, None] | used, neg)  # [row, step, b, cand]
+        score, j = grow.flatten(2).topk(min(beam, grow[0, 0].numel()), -1)
+        src = (j // C)[..., None].expand(-1, -1, -1, picks.shape[-1])
+        picks = torch.cat([picks.gather(2, src), (j % C)[..., None]], -1)
+    done_score.append(score)
+    done_picks.append(picks)
+    t_score, j = torch.cat(done_score, 2).topk(min(beam, sum(x.shape[2] for x in done_score)), -1)  # [row, step, b]
+    t_picks = torch.cat(done_picks, 2).gather(2, j[..., None].expand(-1, -1, -1, K))  # [row, step, b, slot]
+    # the operation, given the operands
+    by = op_by_operand[ar, t_picks.clamp_min(0), torch.arange(K)]  # [row, step, b, slot, op]
+    op_lp = torch.log_softmax(op_logits[:, :, None] + (by * (t_picks >= 0)[..., None]).sum(3), -1)  # [row, step, b, op]
+    n_ops = min(beam, 2)
+    o_score, o_idx = op_lp.topk(n_ops, -1)  # [row, step, b, n_ops]
+    opt_score = (t_score[..., None] + o_score).flatten(2)  # [row, step, option]
+    # the beam over steps; rows with fewer steps carry their partials through the padding
+    P = opt_score.shape[2]
+    keep_first = torch.full((P,), neg)
+    keep_first[0] = 0.0
+    partial, back = torch.zeros(R, 1), []
+    for s in range(S):
+        step = torch.where((s >= n_steps)[:, None], keep_first, opt_score[:, s])  # [row, option]
+        total = (partial[:, :, None] + step[:, None]).flatten(1)  # [row, partial x option]
+        partial, j = total.topk(min(beam, total.shape[1]), -1)
+        back.append((j // P, j % P))
+    chosen, cur = [], torch.arange(partial.shape[1]).expand(R, -1)
+    for src, opt in reversed(back):
+        chosen.append(opt.gather(1, cur))
+        cur = src.gather(1, cur)
+    chosen = torch.stack(chosen[::-1], -1)  # [row, partial, step] option per step
+    ops = o_idx.flatten(2).gather(2, chosen.transpose(1, 2)).transpose(1, 2)  # [row, partial, step]
+    tup = t_picks.gather(2, (chosen // n_ops).transpose(1, 2)[..., None].expand(-1, -1, -1, K)).transpose(1, 2)
+    out = []
+    for r, (scores, op_rows, pick_rows) in enumerate(zip(partial.tolist(), ops.tolist(), tup.tolist())):
+        n = int(n_steps[r])
+        out.append([(sc, [(o, [c for c in p if c >= 0]) for o, p in zip(op_rows[b][:n], pick_rows[b][:n])])
+                    for b, sc in enumerate(scores) if sc > neg / 2])
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -232,15 +266,16 @@ def _langdetect():
 
 
 class Solver:
-    def __init__(self, model, config: SolverConfig | None = None):
+    def __init__(self, model, config: SolverConfig | None = None, scorer: Scorer | None = None):
         self.model = model.eval()
         self.config = config or SolverConfig()
+        self.scorer = scorer if self.config.scorer else None
         self.limits = ExecutorConfig()
         self.constants = [sympy.Rational(c) for c in model.config.constants]
 
     @classmethod
     def load(cls, folder: str | Path, config: SolverConfig | None = None) -> "Solver":
-        return cls(load_model(Path(folder)), config)
+        return cls(load_model(Path(folder)), config, Scorer.load(Path(folder) / "scorer.json"))
 
     def solve(self, question: str) -> Solution:
         """One question; BadInput for input that is not a question at all (empty, not text)."""
@@ -313,12 +348,19 @@ class Solver:
             for lp, g in candidates:
                 rows.append({"groups": g, "quantities": quantities[i], "plan_lp": lp})
                 owner.append(j)
+        owned = set(owner)
+        for j, i in enumerate(todo):
+            if j not in owned:
+                sols[i] = Solution(questions[i], None, None, spans[i], reason="no step plan: the question has no clause")
+        if not rows:
+            return sols
         batch = self._candidate_masks(rows, owner, tok["offset_mapping"])
         batch["attention_mask"] = tok["attention_mask"][owner]
         heads = self.model.heads(hidden[owner], batch)  # one pass: every step of every candidate
-        op_logits = heads["c2"].numpy()  # [row, step, op] before the operands
-        op_by_operand = heads["c2_operand"].numpy()  # [row, cand, slot, op]
-        c3_lp = torch.log_softmax(heads["c3"], -1).numpy()  # [cand, step, slot, cand]
+        allowed = batch["cand_mask"].clone()  # [row, step, cand]
+        allowed[..., -2:] = False  # "another constant" has no value; "no more" is decoded apart
+        decoded = decode(heads["c2"], heads["c2_operand"], torch.log_softmax(heads["c3"], -1), allowed,
+                         batch["n_steps"], self.config.beam)
         goal_logits = heads["c6_goal"].numpy()  # [cand, step]
         edge_lp = torch.nn.functional.logsigmoid(heads["c5"]).numpy()  # [cand, earlier, later]: log p(edge)
         no_edge_lp = torch.nn.functional.logsigmoid(-heads["c5"]).numpy()
@@ -328,6 +370,8 @@ class Solver:
         for r, j in enumerate(owner):
             by_question.setdefault(j, []).append(r)
         for j, i in enumerate(todo):
+            if j not in by_question:
+                continue
             t0 = time.monotonic()
             scored, runs = [], {}
             for r in by_question[j]:
@@ -336,8 +380,7 @@ class Solver:
                 n = len(rows[r]["groups"])
                 goal_lp = goal_logits[r, :n] - np.logaddexp.reduce(goal_logits[r, :n])
                 goal = int(goal_lp.argmax())
-                for score, steps in decode(op_logits[r, :n], op_by_operand[r], c3_lp[r, :n], Q, S, len(self.constants),
-                                           self.config.beam, len(quantities[i])):
+                for score, steps in decoded[r]:
                     graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S)
                     key = (tuple((k, tuple(self._pick_key(c, Q, S, quantities[i]) for c in picks)) for k, picks in steps), goal)
                     if key not in runs:  # groupings often decode to the same graph: execute it once
@@ -346,12 +389,22 @@ class Solver:
                     ok = run.ok and run.answer is not None
                     plausible = ok and value_type(run.answer) == ANSWER_TYPES[types[r]]
                     wiring = self._wiring(steps, edge_lp[r], no_edge_lp[r], Q, S)
+                    parts = {"plan": rows[r]["plan_lp"], "steps": score, "goal": float(goal_lp[goal]), "wiring": wiring,
+                             "n": n}
                     scored.append({"graph": graph, "answer": run.answer, "ok": ok, "plausible": plausible,
-                                   "score": float(score + goal_lp[goal] + self.config.wiring_weight * wiring
-                                                  + self.config.plan_weight * rows[r]["plan_lp"]),
+                                   "score": self.score(parts), "parts": parts,
                                    "error": None if run.ok else str(run.error)})
             scored.sort(key=lambda c: (c["ok"], c["plausible"], c["score"]), reverse=True)
-            diag = [{k: c[k] for k in ("answer", "score", "ok", "plausible")} for c in scored]
+            ok = [c for c in scored if c["ok"]]
+            if (self.scorer or self.config.keep_features) and ok:
+                feats = features(ok, len(quantities[i]))  # [candidate, feature]
+                for c, f in zip(ok, feats):
+                    c["features"] = f.tolist()
+                if self.scorer:  # the learned ranking over the candidates that execute
+                    for c, v in zip(ok, self.scorer(feats)):
+                        c["score"] = float(v)
+                    scored = sorted(ok, key=lambda c: -c["score"]) + scored[len(ok):]
+            diag = [{k: c.get(k) for k in ("answer", "score", "ok", "plausible", "parts", "features")} for c in scored]
             if not scored:
                 sols[i] = Solution(questions[i], None, None, spans[i], reason="over the time budget before any candidate")
                 continue
@@ -362,6 +415,12 @@ class Solver:
             sols[i] = Solution(questions[i], best["answer"] if best["ok"] else None, best["graph"], spans[i],
                                float(best["score"]), diag, reason)
         return sols
+
+    def score(self, parts: dict) -> float:
+        """A candidate's score from its log probabilities: plan, operations and operands, answer step, wiring."""
+        c = self.config
+        steps = parts["steps"] / parts["n"] if c.step_mean else parts["steps"]
+        return float(c.plan_weight * parts["plan"] + steps + parts["goal"] + c.wiring_weight * parts["wiring"])
 
     def _spans(self, clauses, relevance, offsets, mask) -> list[tuple[int, int]]:
         """Clauses whose tokens' mean C1 relevance is over the threshold; the best clause if none is."""

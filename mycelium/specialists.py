@@ -69,7 +69,7 @@ class Specialists(nn.Module):
         self.plan_implicit = nn.Parameter(torch.randn(d) * 0.02)  # a step that reads no clause (C4's implicit step)
         self.plan_stop = nn.Parameter(torch.randn(d) * 0.02)
         self.plan_query = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
-        self.plan_end_query = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.plan_end_query = nn.Linear(d, d)  # linear: the solver scores every (start, end) pair in two products
         # Learned biases by clause offset from the previous region's last clause (-4..4, then "no previous"),
         # and by region width: where the next step reads is often next door.
         self.plan_offset = nn.Embedding(10, 1)
@@ -147,8 +147,8 @@ class Specialists(nn.Module):
             ctx = self.plan_context(prev, question, torch.arange(prev.shape[1], device=hidden.device))
             out["plan_start"] = self.plan_start(ctx, clauses, valid, batch["plan_prev_hi"])  # [batch, step + 1, clause + 2]
             lo = batch["plan_lo"].clamp_min(0)  # [batch, step]
-            start_states = torch.gather(clauses, 1, lo[..., None].expand(-1, -1, clauses.shape[-1]))
-            out["plan_end"] = self.plan_end(ctx[:, :-1], start_states, clauses, valid, lo)  # [batch, step, clause]
+            ends = self.plan_end(ctx[:, :-1], clauses, valid)  # [batch, step, start, end]
+            out["plan_end"] = torch.gather(ends, 2, lo[..., None, None].expand(-1, -1, 1, ends.shape[-1]))[:, :, 0]
         return out
 
     def plan_context(self, prev, question, position):
@@ -165,13 +165,19 @@ class Specialists(nn.Module):
         bias = self.plan_offset(offset).squeeze(-1).masked_fill(~valid[:, None], -1e4)
         return torch.cat([logits[..., :K] + bias, logits[..., K:]], -1)
 
-    def plan_end(self, ctx, start_states, clauses, valid, lo):
-        """Logits over the region's last clause given its first (lo: [batch, step]): [batch, step, clause]."""
-        K = clauses.shape[1]
-        logits = torch.einsum("bsd,bkd->bsk", self.plan_end_query(ctx + start_states), clauses) / ctx.shape[-1] ** 0.5
-        width = torch.arange(K, device=ctx.device)[None, None] - lo[..., None]  # [batch, step, clause]
-        ok = (width >= 0) & (width < MAX_WIDTH) & valid[:, None]
-        return (logits + self.plan_width(width.clamp(0, MAX_WIDTH - 1)).squeeze(-1)).masked_fill(~ok, -1e4)
+    def plan_end(self, ctx, clauses, valid):
+        """Logits of a region's last clause for every first clause: [batch, step, start, end].
+
+        The query is linear in (context + first clause), so the table is two
+        products, not one per (step, start) pair.
+        """
+        K, d = clauses.shape[1], ctx.shape[-1]
+        by_ctx = torch.einsum("bsd,bed->bse", self.plan_end_query(ctx), clauses)  # [batch, step, end]
+        by_start = torch.einsum("bkd,bed->bke", clauses @ self.plan_end_query.weight.T, clauses)  # [batch, start, end]
+        width = torch.arange(K, device=ctx.device)[None] - torch.arange(K, device=ctx.device)[:, None]  # [start, end]
+        ok = (width >= 0) & (width < MAX_WIDTH) & valid[:, None, None, :] & valid[:, None, :, None]
+        logits = (by_ctx[:, :, None] + by_start[:, None]) / d ** 0.5 + self.plan_width(width.clamp(0, MAX_WIDTH - 1))[..., 0]
+        return logits.masked_fill(~ok, -1e4)
 
     def config_dict(self) -> dict:
         return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}

@@ -13,6 +13,7 @@ lets a killed run resume where it stopped.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,20 +147,28 @@ def _save_checkpoint(path: Path, model, opt, state: dict) -> None:
     atomic_write(path, save(tensors, metadata=meta))
 
 
-def _load_checkpoint(path: Path, model, opt) -> dict:
+def _load_checkpoint(path: Path, model, opt, fingerprint: dict) -> dict | None:
+    """The loop's saved state, with weights and optimizer moments restored; None when the checkpoint is from
+    another run (other settings, data or model code): that run is not resumed but started over."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        model.load_state_dict({k[6:]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")})
-        state: dict = {}
+        state = json.loads(meta["state"])
+        weights = {k[6:]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+        mine = model.state_dict()
+        if state.get("fingerprint") != fingerprint or weights.keys() != mine.keys() or any(
+                weights[k].shape != mine[k].shape for k in mine):
+            return None
+        model.load_state_dict(weights)
+        moments: dict = {}
         for k in f.keys():
             if k.startswith("opt."):
                 _, idx, name = k.split(".", 2)
-                state.setdefault(int(idx), {})[name] = f.get_tensor(k)
-        opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+                moments.setdefault(int(idx), {})[name] = f.get_tensor(k)
+        opt.load_state_dict({"state": moments, "param_groups": json.loads(meta["param_groups"])})
         torch.set_rng_state(f.get_tensor("rng"))
-    return json.loads(meta["state"])
+    return state
 
 
 def save_model(model: Specialists, folder: Path, extra: dict) -> None:
@@ -196,8 +205,10 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
     fingerprint = {"train": same_run, "heads": list(heads), "n_train": len(train_set), "model": model.config_dict()}
     state = {"epoch": 0, "best": -1.0, "stale": 0, "history": [], "fingerprint": fingerprint}
     if ckpt.exists():
-        saved = _load_checkpoint(ckpt, model, opt)
-        if saved["fingerprint"] == fingerprint:
+        saved = _load_checkpoint(ckpt, model, opt, fingerprint)
+        if saved is None:
+            print(f"{ckpt} is from another run (settings, data or model code): starting over", file=sys.stderr)
+        else:
             state = saved
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         model.train()

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import sympy
+import torch
 
 from mycelium.data import get
 from mycelium.errors import BadInput
@@ -40,20 +41,31 @@ def test_decode_takes_the_best_choices_and_respects_arity_and_padding():
     Q, S, C = 3, 2, 1  # candidates: q0 q1 q2 | s0 s1 | c0 | other | end
     n = Q + S + C + 2
     lp = lambda hot: np.log(np.where(np.arange(n) == hot, 0.9, 0.1 / (n - 1)))  # noqa: E731
-    op_lp = np.log(np.array([[0.1, 0.1, 0.7, 0.05, 0.05], [0.8, 0.05, 0.05, 0.05, 0.05]]))  # mul, then add
-    by_operand = np.zeros((n, 4, 5))  # [cand, slot, op]: the operands say nothing yet
-    c3 = np.stack([np.stack([lp(0), lp(1), lp(n - 1), lp(n - 1)]),  # s0 = mul(q0, q1), then end
-                   np.stack([lp(Q + 0), lp(2), lp(Q + S), lp(n - 1)])])  # s1 = add(s0, q2, c0), then end
-    best = decode(op_lp, by_operand, c3, Q, S, C, beam=3)
+    op_logits = torch.tensor(np.log([[0.1, 0.1, 0.7, 0.05, 0.05], [0.8, 0.05, 0.05, 0.05, 0.05]]))[None]  # mul, add
+    by_operand = torch.zeros(1, n, 4, 5)  # [row, cand, slot, op]: the operands say nothing yet
+    c3 = torch.tensor(np.stack([np.stack([lp(0), lp(1), lp(n - 1), lp(n - 1)]),  # s0 = mul(q0, q1), then end
+                                np.stack([lp(Q + 0), lp(2), lp(Q + S), lp(n - 1)])]))[None]  # s1 = add(s0, q2, c0)
+    allowed = torch.zeros(1, S, n, dtype=torch.bool)
+    allowed[0, :, :Q] = allowed[0, :, Q + S:Q + S + C] = True
+    allowed[0, 1, Q] = True  # step 1 may read step 0
+    two = torch.tensor([2])
+    best = decode(op_logits, by_operand, c3, allowed, two, beam=3)[0]
     assert best[0][1] == [(2, [0, 1]), (0, [Q + 0, 2, Q + S])]
     assert all(len(picks) >= 2 for _, steps in best for _, picks in steps)
+    assert [b[0] for b in best] == sorted((b[0] for b in best), reverse=True)
     # C2 reads the operands: the constant in slot 2 of step 1 turns add into div
-    by_operand[Q + S, 2, 3] = 5.0
-    assert decode(op_lp, by_operand, c3, Q, S, C, beam=3)[0][1] == [(2, [0, 1]), (3, [Q + 0, 2, Q + S])]
-    # a padded mention (index 2 when the question has 2) is never picked, nor a later step, nor "another constant"
-    for _, steps in decode(op_lp, by_operand, c3, Q, S, C, beam=4, n_mentions=2):
+    by_operand[0, Q + S, 2, 3] = 5.0
+    assert decode(op_logits, by_operand, c3, allowed, two, beam=3)[0][0][1] == [(2, [0, 1]), (3, [Q + 0, 2, Q + S])]
+    # a mention the row does not own is never picked, nor a later step, nor "another constant"
+    allowed[0, :, 2] = False
+    for _, steps in decode(op_logits, by_operand, c3, allowed, two, beam=4)[0]:
         for s, (_, picks) in enumerate(steps):
             assert 2 not in picks and all(not (Q + s <= c < Q + S) for c in picks) and Q + S + C not in picks
+    # rows of a batch are independent; a row with fewer steps stops at its own count
+    rows = decode(op_logits.expand(2, -1, -1), by_operand.expand(2, -1, -1, -1), c3.expand(2, -1, -1, -1),
+                  allowed.expand(2, -1, -1), torch.tensor([2, 1]), beam=4)
+    assert rows[0] == decode(op_logits, by_operand, c3, allowed, two, beam=4)[0]
+    assert all(len(steps) == 1 for _, steps in rows[1]) and rows[1][0][1] == [(2, [0, 1])]
 
 
 def test_value_type():
