@@ -14,7 +14,7 @@ in pipeline order:
 | component | wrong when (against the reference graph, where the dataset has one) |
 |---|---|
 | refused  | the solver gave no answer before reading (not English, too long, …) |
-| span     | a problem quantity the reference uses lies outside every C1 span |
+| span     | a problem quantity the reference uses lies outside every span (the regions C1 chose) and the graph does not use it |
 | grouping | the number of steps differs from the reference's |
 | operation| the multiset of operations differs |
 | operand  | the multiset of problem quantities and constants used differs |
@@ -68,7 +68,8 @@ def attribute(sol, ref: Graph | None, gold) -> str:
         return "goal" if hit_elsewhere else "unattributed"
     used = {o.ref for s in ref.steps for o in s.operands if o.source is Source.QUANTITY and o.ref is not None}
     spans = sol.spans
-    for k in used:
+    picked = {o.ref for s in sol.graph.steps for o in s.operands if o.source is Source.QUANTITY}
+    for k in used - picked:  # C3 may point outside the regions: a quantity it found was not lost by C1
         q = ref.quantities[k]
         if not any(a <= q.start and q.end <= b for a, b in spans):
             return "span"

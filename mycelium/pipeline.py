@@ -1,4 +1,4 @@
-"""The main job: trace → signals → labels → train → eval, on the embedded defaults, in one run folder.
+"""The main job: trace → signals → labels → train → scorer → eval, on the embedded defaults, in one run folder.
 
     $ mycelium run --preset quick           # about 10 minutes on 2 cores
     stage trace (dev): 100 problems …
@@ -11,7 +11,7 @@ Every stage is the CLI command of the same name, run in-process, and every
 stage is cached: traces resume (problems already traced are skipped), the
 signals report and the labels are rebuilt only when what they were made from
 (trace count and configuration, the report's hash) changed, training resumes from its checkpoint (and starts over when
-its labels changed), and evaluation always runs. A killed run started again
+its labels changed), the scorer is refitted when the model is newer than it, and evaluation always runs. A killed run started again
 with the same command continues where it stopped.
 
 Presets are data (`PRESETS`, or a YAML file given to `--config`).
@@ -43,10 +43,11 @@ class PipelineConfig:
     eval_limit: int | None = None  # first N problems of each evaluation set (None: all)
     beam: int = 4
     groupings: int = 24
+    scorer_limit: int | None = None  # GSM8K dev problems the scorer is fitted on (None: all 500)
 
 
 PRESETS = {
-    "quick": PipelineConfig(run="runs/quick", dev=100, fit=400, select=30, epochs=4, eval_limit=300),
+    "quick": PipelineConfig(run="runs/quick", dev=100, fit=400, select=30, epochs=4, eval_limit=300, scorer_limit=200),
     "full": PipelineConfig(),
 }
 
@@ -57,7 +58,7 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
 
     def stage(name: str, args: list[str]) -> None:
         typer.echo(f"\n── {name} " + "─" * max(0, 60 - len(name)), err=True)
-        app(args + (["--data-root", root] if root and args[0] in ("trace", "labels", "eval") else []),
+        app(args + (["--data-root", root] if root and args[0] in ("trace", "labels", "scorer", "eval") else []),
             standalone_mode=False)
 
     run_dir = Path(cfg.run)
@@ -86,6 +87,12 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     stage("train", ["train", "--backbone", cfg.backbone, "--epochs", str(cfg.epochs),
                     "--batch-size", str(cfg.batch_size), *common])
     model = run_dir / "models" / cfg.backbone.replace("/", "_")
+    scorer = model / "scorer.json"
+    if scorer.exists() and scorer.stat().st_mtime > (model / "model.safetensors").stat().st_mtime:
+        typer.echo("\n── scorer: cached (fitted on this model)", err=True)
+    else:
+        stage("scorer", ["scorer", "--model", str(model), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
+                         *(["--limit", str(cfg.scorer_limit)] if cfg.scorer_limit else [])])
     stage("eval", ["eval", "--dataset", ",".join(cfg.eval_datasets), "--model", str(model),
                    "--out", str(run_dir / "eval"), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
                    *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else [])])

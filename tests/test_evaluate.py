@@ -44,7 +44,10 @@ def wrong(g, spans=EVERYWHERE):
 
 def test_attribution_names_the_first_wrong_component():
     gold = "26"
-    assert attribute(wrong(REF, spans=[(0, Q.index("4 pads"))]), REF, gold) == "span"  # q2, q3 outside every span
+    short = graph([Step(Op.MUL, [q(0), q(1)])])
+    assert attribute(wrong(short, spans=[(0, Q.index("4 pads"))]), REF, gold) == "span"  # q2, q3 outside, unused
+    # a quantity outside the spans that C3 still pointed at was not lost by C1
+    assert attribute(wrong(graph(REF.steps, goal=0), spans=[(0, Q.index("4 pads"))]), REF, gold) == "goal"
     assert attribute(wrong(graph([Step(Op.MUL, [q(0), q(1)])])), REF, gold) == "grouping"
     assert attribute(wrong(graph([Step(Op.MUL, [q(0), q(1)]), Step(Op.ADD, [q(2), q(3)]), Step(Op.ADD, [s(0), s(1)])])),
                      REF, gold) == "operation"

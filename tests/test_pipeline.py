@@ -24,19 +24,19 @@ def test_presets_are_data():
 def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg = tmp_path / "small.yaml"
     cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8,
-                                   "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4,
+                                   "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8,
                                    "eval_datasets": ["gsm8k", "asdiv"]}))
     first = mycelium("run", "--config", str(cfg))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "acc %" in first.stdout and "eval/index.html" in first.stdout
     run = tmp_path / "run"
-    for path in ("traces/manifest.json", "signals/report.json", "labels/labels.jsonl", "models/minilm/model.safetensors",
+    for path in ("traces/manifest.json", "signals/report.json", "labels/labels.jsonl", "models/minilm/model.safetensors", "models/minilm/scorer.json",
                  "eval/gsm8k_test.jsonl", "eval/index.html", "pipeline.json"):
         assert (run / path).exists(), path
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 12
     again = mycelium("run", "--config", str(cfg))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "signals: cached" in again.stderr and "labels: cached" in again.stderr
+    assert "signals: cached" in again.stderr and "labels: cached" in again.stderr and "scorer: cached" in again.stderr
     assert again.stdout.count("12 traces in") == 2  # both trace stages found everything traced
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["last_run"]["problems"] == 0
 

@@ -154,3 +154,13 @@ def test_resume_after_kill(tmp_path):
         state = json.loads(f.metadata()["state"])
     assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_a_checkpoint_from_another_model_starts_over(tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, batch_size=2, patience=9)
+    train(Specialists.create(SpecialistConfig(constants=["1/100"])), [EXAMPLE, SECOND], [EXAMPLE], cfg, tmp_path,
+          progress=False)
+    other = Specialists.create(SpecialistConfig(constants=["1/100", "365"]))  # another constant table: other shapes
+    state = train(other, [EXAMPLE, SECOND], [EXAMPLE], cfg, tmp_path, progress=False)
+    assert [h["epoch"] for h in state["history"]] == [1] and "starting over" in capsys.readouterr().err
