@@ -9,8 +9,8 @@
 For every step of a problem's reference graph:
 - its solution tokens (the line it is written on, up to the end of its
   arithmetic) give an IAF map over the problem, read through the provenance
-  heads; clause expansion turns it into one region (C1's relevance targets,
-  C2's input);
+  heads; clause expansion turns it into one region, a run of clauses (C1's
+  relevance targets and, in step order, its plan targets; C2's input);
 - its operation (C2), and its operands (C3): a problem mention, an earlier
   result, or a domain constant. When a value is mentioned more than once, the
   attention of the row that writes the operand decides which mention it is;
