@@ -468,6 +468,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
              threshold: float = typer.Option(0.5, help="C1 relevance a clause needs to be a span"),
              wiring_weight: float = typer.Option(1.0, help="weight of C5's wiring score"),
              plan: str = PlanOpt, plan_weight: float = typer.Option(1.0, help="weight of C1's plan score"),
+             scorer: bool = typer.Option(True, "--scorer/--no-scorer", help="rank with the model's scorer.json if any"),
              source: str = SourceOpt, root: Optional[str] = RootOpt):
     """Accuracy, oracle@k (diagnostic), error attribution and problems/s; JSON Lines + HTML report."""
     from pathlib import Path
@@ -479,7 +480,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
     which = {n: split if split in splits(n) else "test" for n in names}  # test-only datasets use test
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
     solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
-                     plan_weight=plan_weight)
+                     plan_weight=plan_weight, scorer=scorer)
     results = [evaluate(solver, ps, f"{n}/{which[n]}", progress=True) for n, ps in problems.items()]
     folder = Path(out) if out else Path(model).parent.parent / "eval"
     index = write(results, folder)
