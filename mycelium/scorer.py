@@ -45,8 +45,8 @@ def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
     votes, best_of = defaultdict(int), defaultdict(lambda: -math.inf)
     raw = [c["parts"]["plan"] + c["parts"]["steps"] + c["parts"]["goal"] for c in candidates]
     for c, r in zip(candidates, raw):
-        votes[str(c["answer"])] += 1
-        best_of[str(c["answer"])] = max(best_of[str(c["answer"])], r)
+        votes[c["answer"]] += 1  # sympy numbers hash by value
+        best_of[c["answer"]] = max(best_of[c["answer"]], r)
     top = max(raw, default=0.0)
     rows = []
     for c in candidates:
@@ -62,7 +62,7 @@ def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
             sum(s.span is None for s in g.steps), dangling,
             float(bool(x is not None and x.is_integer)), float(value < 0), math.log10(abs(value) + 1),
             float(x is not None and any(q.value == x for q in g.quantities)),
-            math.log(votes[str(x)]), best_of[str(x)] - top,
+            math.log(votes[x]), best_of[x] - top,
         ])
     return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURES))
 

@@ -171,9 +171,9 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
         ctx = model.plan_context(prev, question, torch.tensor([k]))  # every beam is at step k
         start_lp = torch.log_softmax(model.plan_start(ctx, clauses, valid, prev_hi), -1)  # [question, beam, K + 2]
         if k:
-            stop = (score + start_lp[..., K + 1]).tolist()
+            stop, seq_rows = (score + start_lp[..., K + 1]).tolist(), seqs.tolist()
             for j in range(B):
-                finished[j] += [(stop[j][b], seqs[j, b].tolist()) for b in range(seqs.shape[1]) if stop[j][b] > -1e3]
+                finished[j] += [(stop[j][b], seq_rows[j][b]) for b in range(len(seq_rows[j])) if stop[j][b] > -1e3]
             # Log probs only fall: once a question's top plans beat every live beam, nothing better can come.
             alive = score.max(1).values.tolist()
             if all(len(f) >= top and sorted(x[0] for x in f)[-top] >= a for f, a in zip(finished, alive)):
@@ -466,7 +466,7 @@ class Solver:
 
     def _pick_key(self, c: int, Q: int, S: int, quantities) -> tuple:
         if c < Q:
-            return ("q", str(quantities[c].value))
+            return ("q", quantities[c].value)  # two mentions of one value make one graph
         return ("s", c - Q) if c < Q + S else ("c", c - Q - S)
 
     @staticmethod

@@ -121,7 +121,8 @@ class Specialists(nn.Module):
         candidates = torch.cat([mentions, steps, consts, self.end.expand(B, -1, -1)], 1)  # [batch, cand, d]
         out["c2"] = self.c2(steps)  # [batch, step, op], before the operands are known
         out["c2_operand"] = self.c2_operand(candidates).view(B, candidates.shape[1], MAX_SLOTS, -1)  # [batch, cand, slot, op]
-        query = self.c3_query(steps[:, :, None] + self.slot.weight[None, None])  # [batch, step, slot, d]
+        # c3_query is linear: query(step + slot) = query(step) + W slot, a step's cost rather than a (step, slot)'s
+        query = self.c3_query(steps)[:, :, None] + (self.slot.weight @ self.c3_query.weight.T)  # [batch, step, slot, d]
         c3 = torch.einsum("bsqd,bcd->bsqc", query, candidates) / hidden.shape[-1] ** 0.5  # [batch, step, slot, cand]
         inside = (torch.einsum("bst,bqt->bsq", batch["step_mask"], batch["mention_mask"]) > 0).to(c3.dtype)
         Q = mentions.shape[1]
