@@ -489,45 +489,54 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
 
 
 @app.command("scorer")
-def scorer_cmd(model: str = ModelOpt, split: str = typer.Option("dev", help="GSM8K split to fit on (dev: the tuning split)"),
-               limit: Optional[int] = typer.Option(None, help="first N problems"),
-               folds: int = typer.Option(5, help="cross-validation folds for the held-out estimate"),
-               l2: float = typer.Option(0.01, help="weight decay of the listwise fit"),
+def scorer_cmd(model: str = ModelOpt,
+               split: str = typer.Option("fit", help="GSM8K split to fit on (dev: then the held-out figure is cross-validated)"),
+               limit: Optional[int] = typer.Option(3000, help="first N problems of that split"),
+               dev_limit: Optional[int] = typer.Option(None, help="first N GSM8K dev problems to report on (default all)"),
+               folds: int = typer.Option(5, help="cross-validation folds when fitting on dev"),
                beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt,
                source: str = SourceOpt, root: Optional[str] = RootOpt):
-    """Fit the learned ranking of candidate graphs (scorer.json beside the model) on problems with gold answers."""
+    """Fit the learned ranking of candidate graphs (scorer.json beside the model) and report it on GSM8K dev."""
     from pathlib import Path
 
-    import numpy as np
     from tqdm import tqdm
 
     from .answer import answers_match
     from .data import load
-    from .scorer import cross_validate, fit
+    from .scorer import cross_validate, fit, labelled, top1
 
-    problems = load("gsm8k", split, source, root)[:limit]
-    if not problems:
-        raise BadInput(f"no problems in gsm8k/{split}")
     solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True)
-    groups, first = [], 0
-    with tqdm(total=len(problems), desc="solve", unit="problem", file=sys.stderr) as bar:
-        for i in range(0, len(problems), batch_size):
-            chunk = problems[i:i + batch_size]
-            for p, sol in zip(chunk, solver.solve_batch([p.question for p in chunk])):
-                ok = [c for c in sol.candidates if c["ok"]]
-                groups.append((np.asarray([c["features"] for c in ok]).reshape(len(ok), -1),
-                               np.asarray([answers_match(c["answer"], p.answer) for c in ok], dtype=bool)))
-                first += bool(sol.answer is not None and answers_match(sol.answer, p.answer))
-            bar.update(len(chunk))
-    held_out = cross_validate(groups, folds, l2)
-    scorer = fit(groups, l2)
+
+    def candidates(name: str, n: Optional[int]) -> tuple[list, float]:
+        """Per problem: ([candidate, feature], [candidate] reaches gold); and the log-probability ranking's accuracy."""
+        problems = load("gsm8k", name, source, root)[:n]
+        if not problems:
+            raise BadInput(f"no problems in gsm8k/{name}")
+        groups, first = [], 0
+        with tqdm(total=len(problems), desc=f"solve gsm8k/{name}", unit="problem", file=sys.stderr) as bar:
+            for i in range(0, len(problems), batch_size):
+                chunk = problems[i:i + batch_size]
+                for p, sol in zip(chunk, solver.solve_batch([p.question for p in chunk])):
+                    groups.append(labelled(sol.candidates, p.answer))
+                    first += bool(sol.answer is not None and answers_match(sol.answer, p.answer))
+                bar.update(len(chunk))
+        return groups, first / len(problems)
+
+    train, train_first = candidates(split, limit)
+    scorer = fit(train)
+    typer.echo(f"fitted on {len(train)} GSM8K {split} problems (gold among the candidates for "
+               f"{sum(bool(y.any()) for _, y in train)})")
+    if split == "dev":
+        dev, first = train, train_first
+        held_out = cross_validate(dev, folds)
+        how = f"{folds}-fold cross-validated"
+    else:
+        dev, first = candidates("dev", dev_limit)
+        held_out = top1(dev, scorer)
+        how = "held out"
+    typer.echo(f"GSM8K dev ({len(dev)}, {how}): {first:.1%} (log-probability ranking) → {held_out:.1%} (scorer)")
     path = Path(model) / "scorer.json"
     scorer.save(path)
-    typer.echo(f"gsm8k/{split}: {len(problems)} problems, gold among the candidates for "
-               f"{sum(bool(y.any()) for _, y in groups)}")
-    typer.echo(f"{folds}-fold cross-validated accuracy: {first / len(problems):.1%} (log-probability ranking) → "
-               f"{held_out:.1%} (scorer)")
-    typer.echo("weights: " + ", ".join(f"{n} {w:+.2f}" for n, w in zip(scorer.features, scorer.weights)))
     typer.echo(f"wrote {path}")
 
 

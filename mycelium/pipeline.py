@@ -43,11 +43,13 @@ class PipelineConfig:
     eval_limit: int | None = None  # first N problems of each evaluation set (None: all)
     beam: int = 4
     groupings: int = 24
-    scorer_limit: int | None = None  # GSM8K dev problems the scorer is fitted on (None: all 500)
+    scorer_limit: int = 3000  # GSM8K fit problems the scorer is fitted on
+    scorer_dev_limit: int | None = None  # GSM8K dev problems it is reported on (None: all 500)
 
 
 PRESETS = {
-    "quick": PipelineConfig(run="runs/quick", dev=100, fit=400, select=30, epochs=4, eval_limit=300, scorer_limit=200),
+    "quick": PipelineConfig(run="runs/quick", dev=100, fit=400, select=30, epochs=4, eval_limit=300,
+                            scorer_limit=200, scorer_dev_limit=100),
     "full": PipelineConfig(),
 }
 
@@ -92,7 +94,8 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
         typer.echo("\n── scorer: cached (fitted on this model)", err=True)
     else:
         stage("scorer", ["scorer", "--model", str(model), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
-                         *(["--limit", str(cfg.scorer_limit)] if cfg.scorer_limit else [])])
+                         "--limit", str(cfg.scorer_limit),
+                         *(["--dev-limit", str(cfg.scorer_dev_limit)] if cfg.scorer_dev_limit else [])])
     stage("eval", ["eval", "--dataset", ",".join(cfg.eval_datasets), "--model", str(model),
                    "--out", str(run_dir / "eval"), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
                    *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else [])])

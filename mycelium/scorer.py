@@ -1,21 +1,23 @@
 """The scorer: a learned ranking of one question's candidate graphs (a verifier over the executed candidates).
 
     $ mycelium scorer --model runs/main/models/minilm
-    solving 500 GSM8K dev problems … gold among the candidates for 131
-    5-fold cross-validated accuracy on dev: 4.8% (log-probability ranking) → 9.6% (scorer)
+    fitted on 3000 GSM8K fit problems (gold among the candidates for 1237)
+    GSM8K dev (500, held out): 6.8% (log-probability ranking) → 14.2% (scorer)
     wrote runs/main/models/minilm/scorer.json
 
 Summed log probabilities favour short graphs: every step costs its operand
 and operation log probabilities, so a one-step graph outranks the right
 four-step one. The scorer weighs what the solver already knows about each
-candidate (a feature vector, `FEATURES`) with weights fitted to put the
+candidate (a feature vector, `FEATURES`) with a small MLP fitted to put the
 candidates that reach the gold answer first: a softmax over the candidates
 of each problem (listwise), on problems the executor can check. It never
 sees gold at solve time; gold only labels its training candidates.
 
-It is fitted on the GSM8K dev split (the split for tuning), the accuracy it
-reports is cross-validated over dev folds, and the weights are a small JSON
-file beside the model (no pickles).
+It is fitted on GSM8K fit problems (the specialists' training split: their
+candidates look a little better than unseen ones, 41% vs 35% with gold among
+them, yet a scorer fitted there ranks dev better than one fitted on dev
+itself, which has too few problems), its accuracy is reported on GSM8K dev,
+and the weights are a small JSON file beside the model (no pickles).
 """
 
 from __future__ import annotations
@@ -69,57 +71,78 @@ def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
 
 @dataclass
 class Scorer:
-    weights: list[float]
+    """A small MLP from a candidate's standardised features to its score: [feature] → [hidden] → GELU → 1."""
     mean: list[float]
     std: list[float]
+    hidden_weight: list[list[float]]  # [hidden, feature]
+    hidden_bias: list[float]  # [hidden]
+    out_weight: list[float]  # [hidden]
     features: list[str]
 
     def __call__(self, feats: np.ndarray) -> np.ndarray:
         """[candidate] scores; higher ranks first."""
-        return ((feats - np.asarray(self.mean)) / np.asarray(self.std)) @ np.asarray(self.weights)
+        x = torch.from_numpy((feats - np.asarray(self.mean)) / np.asarray(self.std)).float()  # [candidate, feature]
+        h = torch.nn.functional.gelu(x @ torch.tensor(self.hidden_weight).T + torch.tensor(self.hidden_bias))
+        return (h @ torch.tensor(self.out_weight)).numpy()  # [candidate]
 
     def save(self, path: Path) -> None:
         from .store import atomic_write
 
-        atomic_write(path, json.dumps(asdict(self), indent=1).encode())
+        atomic_write(path, json.dumps(asdict(self)).encode())
 
     @classmethod
     def load(cls, path: Path) -> "Scorer | None":
         if not path.exists():
             return None
-        s = cls(**json.loads(path.read_text()))
-        return s if s.features == FEATURES else None  # written by another version: fall back to log probs
+        try:
+            s = cls(**json.loads(path.read_text()))
+        except TypeError:  # written by another version of this class
+            return None
+        return s if s.features == FEATURES else None  # other features: fall back to log probs
 
 
-def fit(groups: list[tuple[np.ndarray, np.ndarray]], l2: float = 1e-2, steps: int = 300, seed: int = 0) -> Scorer:
-    """Listwise fit: per problem, the softmax over its candidates puts its mass on those with gold (labels 1)."""
+def fit(groups: list[tuple[np.ndarray, np.ndarray]], hidden: int = 16, weight_decay: float = 0.1, steps: int = 300,
+        seed: int = 0) -> Scorer:
+    """Listwise fit: per problem, the softmax over its candidates puts its mass on those with gold (labels 1).
+
+    Full-batch AdamW; the defaults were chosen on GSM8K dev with the scorer fitted on 2,500 fit problems
+    (hidden 16, 200–400 steps: 13.4–14.8% over seeds; a linear scorer 12.2%).
+    """
     useful = [(f, y) for f, y in groups if y.any() and not y.all()]
-    allf = np.concatenate([f for f, _ in groups]) if groups else np.zeros((1, len(FEATURES)))
+    allf = np.concatenate([f for f, _ in groups if len(f)] or [np.zeros((1, len(FEATURES)))])
     mean, std = allf.mean(0), allf.std(0) + 1e-6
-    if not useful:
-        return Scorer([0.0] * len(FEATURES), mean.tolist(), std.tolist(), FEATURES)
-    n = max(len(f) for f, _ in useful)
-    X = torch.zeros(len(useful), n, len(FEATURES), dtype=torch.float64)  # [problem, candidate, feature]
-    pos = torch.zeros(len(useful), n, dtype=torch.bool)
-    real = torch.zeros(len(useful), n, dtype=torch.bool)
-    for i, (f, y) in enumerate(useful):
-        X[i, :len(f)] = torch.from_numpy((f - mean) / std)
-        pos[i, :len(f)] = torch.from_numpy(y.astype(bool))
-        real[i, :len(f)] = True
     torch.manual_seed(seed)
-    w = torch.zeros(len(FEATURES), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+    net = torch.nn.Sequential(torch.nn.Linear(len(FEATURES), hidden), torch.nn.GELU(),
+                              torch.nn.Linear(hidden, 1, bias=False))  # a shared offset does not change a ranking
+    if useful:
+        n = max(len(f) for f, _ in useful)
+        X = torch.zeros(len(useful), n, len(FEATURES))  # [problem, candidate, feature]
+        pos = torch.zeros(len(useful), n, dtype=torch.bool)
+        real = torch.zeros(len(useful), n, dtype=torch.bool)
+        for i, (f, y) in enumerate(useful):
+            X[i, :len(f)] = torch.from_numpy((f - mean) / std).float()
+            pos[i, :len(f)] = torch.from_numpy(y.astype(bool))
+            real[i, :len(f)] = True
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=weight_decay)
+        for _ in range(steps):
+            s = net(X).squeeze(-1)  # [problem, candidate]
+            loss = (torch.logsumexp(s.masked_fill(~real, -1e9), 1) - torch.logsumexp(s.masked_fill(~pos, -1e9), 1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    else:
+        torch.nn.init.zeros_(net[2].weight)  # nothing to learn from: every candidate scores the same
+    return Scorer(mean.tolist(), std.tolist(), net[0].weight.tolist(), net[0].bias.tolist(),
+                  net[2].weight[0].tolist(), FEATURES)
 
-    def closure():
-        opt.zero_grad()
-        s = X @ w  # [problem, candidate]
-        loss = (torch.logsumexp(s.masked_fill(~real, -1e9), 1) - torch.logsumexp(s.masked_fill(~pos, -1e9), 1)).mean()
-        loss = loss + l2 * (w ** 2).sum()
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    return Scorer(w.detach().tolist(), mean.tolist(), std.tolist(), FEATURES)
+def labelled(candidates: list[dict], gold) -> tuple[np.ndarray, np.ndarray]:
+    """One solved problem as training data: [candidate, feature] of the candidates that execute, [candidate] reaches gold."""
+    from .answer import answers_match
+
+    ok = [c for c in candidates if c["ok"]]
+    return (np.asarray([c["features"] for c in ok], dtype=np.float64).reshape(len(ok), len(FEATURES)),
+            np.asarray([answers_match(c["answer"], gold) for c in ok], dtype=bool))
 
 
 def top1(groups: list[tuple[np.ndarray, np.ndarray]], scorer: Scorer) -> float:
@@ -127,11 +150,11 @@ def top1(groups: list[tuple[np.ndarray, np.ndarray]], scorer: Scorer) -> float:
     return sum(bool(y[int(np.argmax(scorer(f)))]) for f, y in groups if len(f)) / max(len(groups), 1)
 
 
-def cross_validate(groups: list[tuple[np.ndarray, np.ndarray]], folds: int = 5, l2: float = 1e-2) -> float:
+def cross_validate(groups: list[tuple[np.ndarray, np.ndarray]], folds: int = 5, **fit_args) -> float:
     """Accuracy of a scorer fitted on the other folds, over every fold: what the scorer adds, held out."""
     hits = 0.0
     for k in range(folds):
         train = [g for i, g in enumerate(groups) if i % folds != k]
         held = [g for i, g in enumerate(groups) if i % folds == k]
-        hits += top1(held, fit(train, l2)) * len(held)
+        hits += top1(held, fit(train, **fit_args)) * len(held)
     return hits / max(len(groups), 1)

@@ -23,7 +23,7 @@
    or "no more operands"), each with C2's operation given those operands;
    C6 picks the answer step and C5 scores the wiring (does step t feed step
    s). Each distinct graph is executed once. Candidates that execute rank
-   first; among them the learned scorer (`scorer.py`, fitted on GSM8K dev)
+   first; among them the learned scorer (`scorer.py`, fitted on GSM8K fit)
    orders them, or, without one, C6's answer type then the summed log
    probabilities. The best comes back with its graph and the regions its
    steps read.

@@ -24,7 +24,7 @@ def test_presets_are_data():
 def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg = tmp_path / "small.yaml"
     cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8,
-                                   "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8,
+                                   "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8, "scorer_dev_limit": 4,
                                    "eval_datasets": ["gsm8k", "asdiv"]}))
     first = mycelium("run", "--config", str(cfg))
     assert first.returncode == 0, first.stderr[-3000:]

@@ -5,7 +5,7 @@ import sympy
 
 from mycelium.graph import Graph, Op, Operand, Source, Step
 from mycelium.numbers import find_quantities
-from mycelium.scorer import FEATURES, Scorer, cross_validate, features, fit, top1
+from mycelium.scorer import FEATURES, Scorer, cross_validate, features, fit, labelled, top1
 
 Q = "Ann buys 3 pens at 2 dollars each. How much does she spend?"
 QS = find_quantities(Q)
@@ -41,8 +41,21 @@ def test_fit_learns_which_feature_marks_gold_and_round_trips(tmp_path):
         groups.append((f, y))
     scorer = fit(groups)
     assert top1(groups, scorer) > 0.95 and cross_validate(groups, folds=4) > 0.9
-    assert top1(groups, Scorer([0.0] * len(FEATURES), [0.0] * len(FEATURES), [1.0] * len(FEATURES), FEATURES)) < 0.5
+    assert top1(groups, fit([])) < 0.5  # nothing to learn from: every candidate ties, the first is taken
     scorer.save(tmp_path / "scorer.json")
     again = Scorer.load(tmp_path / "scorer.json")
     assert np.allclose(again(groups[0][0]), scorer(groups[0][0]))
     assert Scorer.load(tmp_path / "none.json") is None
+    (tmp_path / "old.json").write_text('{"weights": [0.5], "mean": [0], "std": [1], "features": ["steps"]}')
+    assert Scorer.load(tmp_path / "old.json") is None  # an older format falls back to log-probability ranking
+
+
+def test_labelled_marks_gold_and_keeps_a_problem_with_no_executing_candidate():
+    f = [0.0] * len(FEATURES)
+    feats, gold = labelled([{"ok": True, "answer": sympy.Integer(6), "features": f},
+                            {"ok": False, "answer": None, "features": f},
+                            {"ok": True, "answer": sympy.Integer(5), "features": f}], "6")
+    assert feats.shape == (2, len(FEATURES)) and gold.tolist() == [True, False]
+    feats, gold = labelled([{"ok": False, "answer": None}], "6")
+    assert feats.shape == (0, len(FEATURES)) and len(gold) == 0
+    assert top1([(feats, gold)], fit([])) == 0.0  # counted, and wrong
