@@ -76,6 +76,10 @@ def _digits(x: sympy.Expr) -> float:
 
 
 def _check(x: sympy.Expr, limits: ExecutorConfig) -> sympy.Expr:
+    if isinstance(x, sympy.Rational):  # nearly every value: finite and real by construction, so only its size is asked
+        if _digits(x) > limits.max_digits:
+            raise ExecFailure(ErrorKind.OVERFLOW, f"result has more than {limits.max_digits} digits")
+        return x
     if x.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan) or not x.is_finite:
         raise ExecFailure(ErrorKind.NON_FINITE, f"result {x} is not finite")
     if x.is_real is False:
@@ -117,11 +121,11 @@ def apply(op: Op, args: list[sympy.Expr], limits: ExecutorConfig) -> sympy.Expr:
         out = _pow(args[0], args[1], limits)
     else:
         raise ExecFailure(ErrorKind.BAD_GRAPH, f"unknown operation {op!r}")
-    return _check(sympy.nsimplify(out) if out.has(sympy.Float) else out, limits)
+    return _check(out if isinstance(out, sympy.Rational) or not out.has(sympy.Float) else sympy.nsimplify(out), limits)
 
 
-def evaluate_step(step, k: int, values: list, limits: ExecutorConfig) -> sympy.Expr:
-    """Value of step k given the values of steps 0..k-1; raises ExecFailure."""
+def evaluate_step(step, k: int, values: list, limits: ExecutorConfig, memo: dict | None = None) -> sympy.Expr:
+    """Value of step k given the values of steps 0..k-1; raises ExecFailure. `memo` keeps results by (op, args)."""
     if len(step.operands) > limits.max_operands:
         raise ExecFailure(ErrorKind.TOO_LARGE, f"{len(step.operands)} operands, cap {limits.max_operands}")
     args = []
@@ -136,11 +140,23 @@ def evaluate_step(step, k: int, values: list, limits: ExecutorConfig) -> sympy.E
         op = Op(step.op)
     except ValueError:
         raise ExecFailure(ErrorKind.BAD_GRAPH, f"unknown operation {step.op!r}") from None
-    return apply(op, args, limits)
+    if memo is None:
+        return apply(op, args, limits)
+    key = (op, tuple(args))  # sympy numbers hash by value
+    if key not in memo:
+        try:
+            memo[key] = apply(op, args, limits)
+        except ExecFailure as e:
+            memo[key] = e
+    if isinstance(memo[key], ExecFailure):
+        raise memo[key]
+    return memo[key]
 
 
-def execute(graph: Graph, limits: ExecutorConfig | None = None) -> Execution:
-    """Run every step in order; stop at the first error, which is returned, not raised."""
+def execute(graph: Graph, limits: ExecutorConfig | None = None, memo: dict | None = None) -> Execution:
+    """Run every step in order; stop at the first error, which is returned, not raised.
+
+    Graphs of one question share most of their steps: pass the same `memo` dict to compute each step once."""
     limits = limits or ExecutorConfig()
     t0 = time.monotonic()
     run = Execution()
@@ -151,7 +167,7 @@ def execute(graph: Graph, limits: ExecutorConfig | None = None) -> Execution:
         for k, step in enumerate(graph.steps):
             if time.monotonic() - t0 > limits.time_budget_s:
                 raise ExecFailure(ErrorKind.TIMEOUT, f"over the {limits.time_budget_s}s budget")
-            run.values.append(evaluate_step(step, k, run.values, limits))
+            run.values.append(evaluate_step(step, k, run.values, limits, memo))
         k = None
         if graph.answer is not None:
             if not 0 <= graph.answer < len(run.values):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -184,13 +185,17 @@ class Specialists(nn.Module):
         return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}
 
 
+def span_masks(offsets, spans) -> np.ndarray:
+    """[span, token] True where a (non-empty) token overlaps the character span; offsets: [token, 2]."""
+    offsets = np.asarray(offsets)
+    ab = np.asarray(list(spans), dtype=np.int64).reshape(-1, 2)  # [span, 2]
+    s, e = offsets[None, :, 0], offsets[None, :, 1]  # [1, token]
+    return (s < ab[:, 1:]) & (e > ab[:, :1]) & (e > s)
+
+
 def _char_mask(offsets, spans) -> torch.Tensor:
     """[token] 1.0 where a (non-empty) token overlaps any character span; offsets: [token, 2]."""
-    if not spans:
-        return torch.zeros(len(offsets))
-    a, b = torch.tensor([list(x) for x in spans]).T[:, :, None]  # [span, 1] each
-    s, e = offsets[:, 0][None], offsets[:, 1][None]  # [1, token]
-    return ((s < b) & (e > a) & (e > s)).any(0).float()
+    return torch.from_numpy(span_masks(offsets, spans).any(0)).float()
 
 
 def encode(model: Specialists, examples: list[dict]) -> dict:

@@ -55,6 +55,24 @@ def test_forward_reference_and_bad_answer():
     assert execute(g).error.kind is ErrorKind.BAD_GRAPH
 
 
+def test_a_shared_memo_gives_the_same_runs_and_computes_each_step_once(monkeypatch):
+    import mycelium.executor as executor
+
+    graphs = [graph(Step(Op.SUB, [const(2), const(2)]), Step(Op.DIV, [const(1), result(0)])),  # fails at step 1
+              graph(Step(Op.SUB, [const(2), const(2)]), Step(Op.ADD, [result(0), const(5)])),
+              graph(Step(Op.ADD, [const(0), const(5)]), Step(Op.DIV, [const(1), const(0)]))]  # the same failure
+    alone = [execute(g) for g in graphs]
+    calls = []
+    real_apply = executor.apply
+    monkeypatch.setattr(executor, "apply", lambda op, args, limits: calls.append(op) or real_apply(op, args, limits))
+    memo = {}
+    shared = [execute(g, memo=memo) for g in graphs]
+    for a, b in zip(alone, shared):
+        assert (a.values, a.answer, a.error and (a.error.kind, a.error.step)) == \
+               (b.values, b.answer, b.error and (b.error.kind, b.error.step))
+    assert len(calls) == 3  # 2 - 2, 1 / 0 and 0 + 5, each asked twice and computed once
+
+
 def test_size_caps():
     many = graph(*[Step(Op.ADD, [const(1), const(1)]) for _ in range(300)])
     assert execute(many).error.kind is ErrorKind.TOO_LARGE
