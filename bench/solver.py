@@ -1,10 +1,10 @@
 """Solver throughput and accuracy against the teacher answering with chain-of-thought, on the same problems.
 
-    $ python bench/solver.py --model runs/main/models/minilm --limit 1319 --cot-limit 100
-    system                         problems   problems/s   accuracy   s/problem
-    mycelium solver (batched)          1319        120.4       9.9%      0.0083
-    teacher CoT (smollm2, greedy)       100         0.21       2.0%       4.76
-    solver / CoT throughput ratio: 573×   (same first 100 problems: solver 10.0%, CoT 2.0%)
+    $ python bench/solver.py --limit 400 --cot-limit 32 --out runs/main/bench-solver.json
+    system                             problems   problems/s  accuracy  s/problem
+    mycelium solver (batched)               400        13.95     12.8%     0.0717
+    teacher CoT (smollm2, greedy)            32         0.16      3.1%     6.1544
+    solver / CoT throughput ratio: 86×   (same first 32 problems: solver 3.1%, CoT 3.1%)   threads: 2
 
 The solver runs on every problem in batches (one encoder pass per batch); the
 teacher generates a greedy chain-of-thought (batched, left-padded) for the
