@@ -410,7 +410,7 @@ def _solver(model: str, beam: int, groupings: int, batch_size: int, plan: str = 
 
 ModelOpt = typer.Option("runs/default/models/minilm", "--model", help="a folder written by `mycelium train`")
 BeamOpt = typer.Option(4, help="alternatives kept per step decision")
-GroupingsOpt = typer.Option(24, help="candidate groupings (step plans) per problem")
+GroupingsOpt = typer.Option(16, help="candidate groupings (step plans) per problem")
 PlanOpt = typer.Option("learned", help="step regions from C1's learned plan, or 'enumerate'd from C1's spans")
 BatchOpt = typer.Option(32, "--batch-size", help="questions per encoder pass")
 

@@ -44,7 +44,7 @@ class PipelineConfig:
     eval_datasets: list[str] = field(default_factory=lambda: ["gsm8k", "asdiv", "mawps"])
     eval_limit: int | None = None  # first N problems of each evaluation set (None: all)
     beam: int = 4
-    groupings: int = 24
+    groupings: int = 16
     scorer_limit: int = 3000  # GSM8K fit problems the scorer is fitted on
     scorer_dev_limit: int | None = None  # GSM8K dev problems it is reported on (None: all 500)
 

@@ -60,7 +60,7 @@ from .training import load_model
 class SolverConfig:
     threshold: float = 0.5  # C1: a clause is a span when its tokens' mean relevance is over this
     plan: str = "learned"  # step regions from C1's learned plan, "enumerate"d from C1's spans, or "both"
-    groupings: int = 24  # candidate groupings (plans) per problem
+    groupings: int = 16  # candidate groupings (plans) per problem; GSM8K dev: 8 → 15.2%, 16 → 15.8%, 24 → 14.2%, 48 → 13.6%
     beam: int = 4  # alternatives kept per step decision and partial graphs kept per grouping
     batch_size: int = 32  # questions per encoder pass
     time_budget_s: float = 5.0  # per problem, after the shared encoder pass
