@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
+    if args.cot_limit < 1 or (args.limit is not None and args.limit < 1):
+        ap.error("--limit and --cot-limit must be at least 1: the ratio needs problems on both sides")
 
     import torch
     from tqdm import tqdm
@@ -51,9 +53,7 @@ def main() -> None:
     solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size))
     solver.solve_batch([problems[0].question])  # warm-up: spaCy, langdetect, first-call allocations
     t0 = time.monotonic()
-    sols = []
-    for i in tqdm(range(0, len(problems), args.batch_size), desc="solver", unit="batch"):
-        sols += solver.solve_batch([p.question for p in problems[i:i + args.batch_size]])
+    sols = list(solver.solve_each([p.question for p in problems], "solver"))
     solver_s = time.monotonic() - t0
     solver_ok = [answers_match(s.answer, p.answer) for s, p in zip(sols, problems)]
 

@@ -435,17 +435,12 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
         raise BadInput(f"no such file: {file}")
     solver = _solver(model, beam, groupings, batch_size, plan)
     if file:
-        from tqdm import tqdm
-
         from .data import read_jsonl
 
         rows = [r for _, r, err in read_jsonl(Path(file)) if not err and isinstance(r, dict)]
         questions = [r.get("question") for r in rows]
-        with tqdm(total=len(rows), desc="solve", unit="problem", file=sys.stderr) as bar:
-            for i in range(0, len(rows), batch_size):
-                for q, out in zip(questions[i:i + batch_size], solver.solve_batch(questions[i:i + batch_size])):
-                    typer.echo(json.dumps({"question": q, **out.to_json()}, ensure_ascii=False))
-                bar.update(len(questions[i:i + batch_size]))
+        for q, out in zip(questions, solver.solve_each(questions)):
+            typer.echo(json.dumps({"question": q, **out.to_json()}, ensure_ascii=False))
         return
     out = solver.solve(text)
     if as_json:
@@ -499,8 +494,6 @@ def scorer_cmd(model: str = ModelOpt,
     """Fit the learned ranking of candidate graphs (scorer.json beside the model) and report it on GSM8K dev."""
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from .answer import answers_match
     from .data import load
     from .scorer import cross_validate, fit, labelled, top1
@@ -513,13 +506,9 @@ def scorer_cmd(model: str = ModelOpt,
         if not problems:
             raise BadInput(f"no problems in gsm8k/{name}")
         groups, first = [], 0
-        with tqdm(total=len(problems), desc=f"solve gsm8k/{name}", unit="problem", file=sys.stderr) as bar:
-            for i in range(0, len(problems), batch_size):
-                chunk = problems[i:i + batch_size]
-                for p, sol in zip(chunk, solver.solve_batch([p.question for p in chunk])):
-                    groups.append(labelled(sol.candidates, p.answer))
-                    first += bool(sol.answer is not None and answers_match(sol.answer, p.answer))
-                bar.update(len(chunk))
+        for p, sol in zip(problems, solver.solve_each([p.question for p in problems], f"solve gsm8k/{name}")):
+            groups.append(labelled(sol.candidates, p.answer))  # streamed: candidates are not kept
+            first += answers_match(sol.answer, p.answer)
         return groups, first / len(problems)
 
     train, train_first = candidates(split, limit)

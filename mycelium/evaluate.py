@@ -116,16 +116,8 @@ class Result:
 
 def evaluate(solver, problems: list[Problem], name: str, progress: bool = True) -> Result:
     """Solve every problem from its question alone, then grade and attribute."""
-    from tqdm import tqdm
-
     t0 = time.monotonic()
-    sols = []
-    bs = solver.config.batch_size
-    bar = tqdm(total=len(problems), desc=f"eval {name}", unit="problem", disable=not progress)
-    for i in range(0, len(problems), bs):
-        sols += solver.solve_batch([p.question for p in problems[i:i + bs]])
-        bar.update(min(bs, len(problems) - i))
-    bar.close()
+    sols = list(solver.solve_each([p.question for p in problems], f"eval {name}", progress))
     seconds = time.monotonic() - t0
     rows = []
     for p, s in zip(problems, sols):

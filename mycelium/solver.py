@@ -36,7 +36,9 @@ Solution with no answer and a reason, never as an exception.
 from __future__ import annotations
 
 import functools
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,6 +326,16 @@ class Solver:
             return (f"the question is {n} tokens, over the model's {self.model.config.max_tokens}; "
                     "not truncated, since the question sentence usually comes last")
         return None
+
+    def solve_each(self, questions: list[str], desc: str = "solve", progress: bool = True) -> Iterator[Solution]:
+        """`solve_batch` one batch at a time, solutions in question order, with a progress bar on stderr."""
+        from tqdm import tqdm
+
+        size = self.config.batch_size
+        with tqdm(total=len(questions), desc=desc, unit="problem", file=sys.stderr, disable=not progress) as bar:
+            for i in range(0, len(questions), size):
+                yield from self.solve_batch(questions[i:i + size])
+                bar.update(len(questions[i:i + size]))
 
     @torch.no_grad()
     def solve_batch(self, questions: list[str]) -> list[Solution]:
