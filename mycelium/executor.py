@@ -76,14 +76,11 @@ def _digits(x: sympy.Expr) -> float:
 
 
 def _check(x: sympy.Expr, limits: ExecutorConfig) -> sympy.Expr:
-    if isinstance(x, sympy.Rational):  # nearly every value: finite and real by construction, so only its size is asked
-        if _digits(x) > limits.max_digits:
-            raise ExecFailure(ErrorKind.OVERFLOW, f"result has more than {limits.max_digits} digits")
-        return x
-    if x.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan) or not x.is_finite:
-        raise ExecFailure(ErrorKind.NON_FINITE, f"result {x} is not finite")
-    if x.is_real is False:
-        raise ExecFailure(ErrorKind.NON_FINITE, f"result {x} is not a real number")
+    if not isinstance(x, sympy.Rational):  # nearly every value is one: finite and real by construction
+        if x.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan) or not x.is_finite:
+            raise ExecFailure(ErrorKind.NON_FINITE, f"result {x} is not finite")
+        if x.is_real is False:
+            raise ExecFailure(ErrorKind.NON_FINITE, f"result {x} is not a real number")
     if _digits(x) > limits.max_digits:
         raise ExecFailure(ErrorKind.OVERFLOW, f"result has more than {limits.max_digits} digits")
     return x

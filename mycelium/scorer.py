@@ -22,6 +22,7 @@ and the weights are a small JSON file beside the model (no pickles).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -79,11 +80,17 @@ class Scorer:
     out_weight: list[float]  # [hidden]
     features: list[str]
 
+    @functools.cached_property
+    def _arrays(self) -> tuple:
+        """The JSON lists as arrays, made once: the solver scores every question with them."""
+        return (np.asarray(self.mean), np.asarray(self.std), torch.tensor(self.hidden_weight).T,
+                torch.tensor(self.hidden_bias), torch.tensor(self.out_weight))
+
     def __call__(self, feats: np.ndarray) -> np.ndarray:
         """[candidate] scores; higher ranks first."""
-        x = torch.from_numpy((feats - np.asarray(self.mean)) / np.asarray(self.std)).float()  # [candidate, feature]
-        h = torch.nn.functional.gelu(x @ torch.tensor(self.hidden_weight).T + torch.tensor(self.hidden_bias))
-        return (h @ torch.tensor(self.out_weight)).numpy()  # [candidate]
+        mean, std, w1, b1, w2 = self._arrays
+        x = torch.from_numpy((feats - mean) / std).float()  # [candidate, feature]
+        return (torch.nn.functional.gelu(x @ w1 + b1) @ w2).numpy()  # [candidate]
 
     def save(self, path: Path) -> None:
         from .store import atomic_write

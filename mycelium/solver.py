@@ -483,14 +483,13 @@ class Solver:
             return cache[j, span]
 
         mentions = {}  # question -> [quantity, token]: the same for all its candidates
-        for j in set(owner):
-            quantities = rows[owner.index(j)]["quantities"]
-            mentions[j] = np.zeros((Q, T), dtype=bool)
-            for q, x in enumerate(quantities):
-                mentions[j][q] = mask(j, (x.start, x.end))
         step_mask = np.zeros((R, S, T), dtype=bool)
         cand_mask = torch.zeros(R, S, Q + S + C + 2, dtype=torch.bool)  # [cand, step, pointer target]
         for r, (row, j) in enumerate(zip(rows, owner)):
+            if j not in mentions:
+                mentions[j] = np.zeros((Q, T), dtype=bool)
+                for q, x in enumerate(row["quantities"]):
+                    mentions[j][q] = mask(j, (x.start, x.end))
             for k, span in enumerate(row["groups"][:S]):
                 if span is not None:  # an implicit step reads no clause
                     step_mask[r, k] = mask(j, tuple(span))
