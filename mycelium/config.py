@@ -43,6 +43,7 @@ class ExecutorConfig:
     time_budget_s: float = 1.0  # wall clock per graph
     max_digits: int = 60  # |numerator| and |denominator| of every value below 10**max_digits
     max_exponent: int = 1000
+    max_root: int = 12  # x**(p/q) only for q up to this
     max_steps: int = 256
     max_operands: int = 64
 

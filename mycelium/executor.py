@@ -91,6 +91,13 @@ def _pow(base: sympy.Expr, exp: sympy.Expr, limits: ExecutorConfig) -> sympy.Exp
         raise ExecFailure(ErrorKind.DIV_ZERO, "zero to a negative power")
     if abs(exp) > limits.max_exponent:
         raise ExecFailure(ErrorKind.OVERFLOW, f"exponent {exp} over the cap {limits.max_exponent}")
+    if not exp.is_integer:
+        # sympy's principal root of a negative number is complex (refused anyway), and roots of
+        # huge degree can take sympy tens of seconds and gigabytes to factor.
+        if base.is_negative:
+            raise ExecFailure(ErrorKind.NON_FINITE, f"non-integer power {exp} of a negative number")
+        if isinstance(exp, sympy.Rational) and exp.q > limits.max_root:
+            raise ExecFailure(ErrorKind.OVERFLOW, f"root of degree {exp.q} over the cap {limits.max_root}")
     if base != 0 and _digits(base) * float(abs(exp)) > limits.max_digits:
         raise ExecFailure(ErrorKind.OVERFLOW, f"power would have more than {limits.max_digits} digits")
     return sympy.Pow(base, exp)

@@ -38,6 +38,17 @@ def test_tower_of_powers_is_refused_fast():
     assert run.error.kind is ErrorKind.OVERFLOW and run.error.step == 1
 
 
+def test_roots_of_huge_degree_are_refused_fast():
+    # Found by the random test below: sympy took 26 s and most of the machine's memory on this one.
+    t = time.monotonic()
+    run = execute(graph(Step(Op.POW, [const("-5087767338013615272847474688/6017"), const("-1/34359738368")])))
+    assert time.monotonic() - t < 1.0 and run.error.kind is ErrorKind.NON_FINITE
+    positive = execute(graph(Step(Op.POW, [const("5087767338013615272847474688/6017"), const("1/34359738368")])))
+    assert positive.error.kind is ErrorKind.OVERFLOW
+    assert execute(graph(Step(Op.POW, [const(27), const("2/3")]))).answer == 9
+    assert execute(graph(Step(Op.POW, [const(-2), const(3)]))).answer == -8
+
+
 def test_division_by_zero_is_typed():
     run = execute(graph(Step(Op.SUB, [const(2), const(2)]), Step(Op.DIV, [const(1), result(0)])))
     assert run.error.kind is ErrorKind.DIV_ZERO and run.answer is None
