@@ -496,7 +496,7 @@ def scorer_cmd(model: str = ModelOpt,
 
     from .answer import answers_match
     from .data import load
-    from .scorer import cross_validate, fit, labelled, top1
+    from .scorer import cross_validate, fit, labelled, provenance, top1
 
     solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True)
 
@@ -513,6 +513,7 @@ def scorer_cmd(model: str = ModelOpt,
 
     train, train_first = candidates(split, limit)
     scorer = fit(train)
+    scorer.fitted_on = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings)
     typer.echo(f"fitted on {len(train)} GSM8K {split} problems (gold among the candidates for "
                f"{sum(bool(y.any()) for _, y in train)})")
     if split == "dev":

@@ -13,7 +13,7 @@ Every stage is the CLI command of the same name, run in-process, and every
 stage is cached: traces resume (problems already traced are skipped), the
 signals report and the labels are rebuilt only when what they were made from
 (trace count and configuration, the report's hash) changed, training resumes from its checkpoint (and starts over when
-its labels changed), the scorer is refitted when the model is newer than it, and evaluation always runs. A killed run started again
+its labels changed), the scorer is refitted unless it was fitted on these weights with these settings, and evaluation always runs. A killed run started again
 with the same command continues where it stopped.
 
 Presets are data (`PRESETS`, or a YAML file given to `--config`).
@@ -91,9 +91,12 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     stage("train", ["train", "--backbone", cfg.backbone, "--epochs", str(cfg.epochs),
                     "--batch-size", str(cfg.batch_size), *common])
     model = run_dir / "models" / cfg.backbone.replace("/", "_")
-    scorer = model / "scorer.json"
-    if scorer.exists() and scorer.stat().st_mtime > (model / "model.safetensors").stat().st_mtime:
-        typer.echo("\n── scorer: cached (fitted on this model)", err=True)
+    from .scorer import Scorer, provenance
+
+    fitted = Scorer.load(model / "scorer.json")
+    wanted = provenance(model, split="fit", limit=cfg.scorer_limit, beam=cfg.beam, groupings=cfg.groupings)
+    if fitted is not None and fitted.fitted_on == wanted:
+        typer.echo("\n── scorer: cached (fitted on this model with these settings)", err=True)
     else:
         stage("scorer", ["scorer", "--model", str(model), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
                          "--limit", str(cfg.scorer_limit),

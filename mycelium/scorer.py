@@ -26,7 +26,7 @@ import functools
 import json
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,7 @@ class Scorer:
     hidden_bias: list[float]  # [hidden]
     out_weight: list[float]  # [hidden]
     features: list[str]
+    fitted_on: dict = field(default_factory=dict)  # `provenance`: the model and the settings its candidates came from
 
     @functools.cached_property
     def _arrays(self) -> tuple:
@@ -141,6 +142,14 @@ def fit(groups: list[tuple[np.ndarray, np.ndarray]], hidden: int = 16, weight_de
         torch.nn.init.zeros_(net[2].weight)  # nothing to learn from: every candidate scores the same
     return Scorer(mean.tolist(), std.tolist(), net[0].weight.tolist(), net[0].bias.tolist(),
                   net[2].weight[0].tolist(), FEATURES)
+
+
+def provenance(model_dir: Path, **settings) -> dict:
+    """What a scorer was fitted on: the model's weights (sha1) and the solver and data settings, to tell a stale one."""
+    import hashlib
+
+    digest = hashlib.sha1((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
+    return {"model_sha1": digest, **settings}
 
 
 def labelled(candidates: list[dict], gold) -> tuple[np.ndarray, np.ndarray]:

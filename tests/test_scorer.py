@@ -5,7 +5,7 @@ import sympy
 
 from mycelium.graph import Graph, Op, Operand, Source, Step
 from mycelium.numbers import find_quantities
-from mycelium.scorer import FEATURES, Scorer, cross_validate, features, fit, labelled, top1
+from mycelium.scorer import FEATURES, Scorer, cross_validate, features, fit, labelled, provenance, top1
 
 Q = "Ann buys 3 pens at 2 dollars each. How much does she spend?"
 QS = find_quantities(Q)
@@ -42,9 +42,14 @@ def test_fit_learns_which_feature_marks_gold_and_round_trips(tmp_path):
     scorer = fit(groups)
     assert top1(groups, scorer) > 0.95 and cross_validate(groups, folds=4) > 0.9
     assert top1(groups, fit([])) < 0.5  # nothing to learn from: every candidate ties, the first is taken
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    scorer.fitted_on = provenance(tmp_path, split="fit", limit=200, beam=4, groupings=16)
     scorer.save(tmp_path / "scorer.json")
     again = Scorer.load(tmp_path / "scorer.json")
     assert np.allclose(again(groups[0][0]), scorer(groups[0][0]))
+    assert again.fitted_on == provenance(tmp_path, split="fit", limit=200, beam=4, groupings=16)
+    (tmp_path / "model.safetensors").write_bytes(b"retrained")
+    assert again.fitted_on != provenance(tmp_path, split="fit", limit=200, beam=4, groupings=16)  # stale: refit
     assert Scorer.load(tmp_path / "none.json") is None
     (tmp_path / "old.json").write_text('{"weights": [0.5], "mean": [0], "std": [1], "features": ["steps"]}')
     assert Scorer.load(tmp_path / "old.json") is None  # an older format falls back to log-probability ranking
