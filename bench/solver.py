@@ -2,9 +2,9 @@
 
     $ python bench/solver.py --limit 400 --cot-limit 32 --out runs/main/bench-solver.json
     system                             problems   problems/s  accuracy  s/problem
-    mycelium solver (batched)               400        16.98     13.2%     0.0589
-    teacher CoT (smollm2, greedy)            32         0.15      3.1%     6.7500
-    solver / CoT throughput ratio: 115×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
+    mycelium solver (batched)               400        16.97     15.2%     0.0589
+    teacher CoT (smollm2, greedy)            32         0.14      3.1%     6.9041
+    solver / CoT throughput ratio: 117×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
 
 The solver runs on every problem in batches (one encoder pass per batch); the
 teacher generates a greedy chain-of-thought (batched, left-padded) for the

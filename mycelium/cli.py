@@ -515,7 +515,7 @@ def scorer_cmd(model: str = ModelOpt,
     scorer = fit(train)
     scorer.fitted_on = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings)
     typer.echo(f"fitted on {len(train)} GSM8K {split} problems (gold among the candidates for "
-               f"{sum(bool(y.any()) for _, y in train)})")
+               f"{sum(bool(y.any()) for _, y, _ in train)})")
     if split == "dev":
         dev, first = train, train_first
         held_out = cross_validate(dev, folds)

@@ -53,7 +53,7 @@ from .errors import BadInput
 from .executor import execute
 from .graph import Graph, Op, Operand, Source, Step
 from .numbers import find_quantities
-from .scorer import Scorer, features
+from .scorer import Scorer, by_answer, features
 from .specialists import ANSWER_TYPES, MAX_SLOTS, MAX_STEPS, MAX_WIDTH, OPS, _char_mask, span_masks
 from .training import load_model
 
@@ -437,10 +437,11 @@ class Solver:
                 feats = features(ok, len(quantities[i]))  # [candidate, feature]
                 for c, f in zip(ok, feats):
                     c["features"] = f.tolist()
-                if self.scorer:  # the learned ranking over the candidates that execute
-                    for c, v in zip(ok, self.scorer(feats)):
+                if self.scorer:  # the learned ranking over the candidates that execute, by answer
+                    values = self.scorer(feats)  # [candidate]
+                    for c, v in zip(ok, values):
                         c["score"] = float(v)
-                    scored = sorted(ok, key=lambda c: -c["score"]) + scored[len(ok):]
+                    scored = [ok[k] for k in by_answer(values, [c["answer"] for c in ok])] + scored[len(ok):]
             diag = [{k: c.get(k) for k in ("answer", "score", "ok", "plausible", "parts", "features")} for c in scored]
             if not scored:
                 sols[i] = Solution(questions[i], None, None, spans[i], reason="over the time budget before any candidate")

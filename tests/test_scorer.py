@@ -5,7 +5,7 @@ import sympy
 
 from mycelium.graph import Graph, Op, Operand, Source, Step
 from mycelium.numbers import find_quantities
-from mycelium.scorer import FEATURES, Scorer, cross_validate, features, fit, labelled, provenance, top1
+from mycelium.scorer import FEATURES, Scorer, by_answer, cross_validate, features, fit, labelled, provenance, top1
 
 Q = "Ann buys 3 pens at 2 dollars each. How much does she spend?"
 QS = find_quantities(Q)
@@ -38,7 +38,7 @@ def test_fit_learns_which_feature_marks_gold_and_round_trips(tmp_path):
         y = np.zeros(8, dtype=bool)
         y[rng.integers(8)] = True
         f[:, FEATURES.index("share of question quantities used")] = np.where(y, 1.0, 0.5)
-        groups.append((f, y))
+        groups.append((f, y, list(range(8))))
     scorer = fit(groups)
     assert top1(groups, scorer) > 0.95 and cross_validate(groups, folds=4) > 0.9
     assert top1(groups, fit([])) < 0.5  # nothing to learn from: every candidate ties, the first is taken
@@ -57,10 +57,20 @@ def test_fit_learns_which_feature_marks_gold_and_round_trips(tmp_path):
 
 def test_labelled_marks_gold_and_keeps_a_problem_with_no_executing_candidate():
     f = [0.0] * len(FEATURES)
-    feats, gold = labelled([{"ok": True, "answer": sympy.Integer(6), "features": f},
-                            {"ok": False, "answer": None, "features": f},
-                            {"ok": True, "answer": sympy.Integer(5), "features": f}], "6")
-    assert feats.shape == (2, len(FEATURES)) and gold.tolist() == [True, False]
-    feats, gold = labelled([{"ok": False, "answer": None}], "6")
+    feats, gold, answers = labelled([{"ok": True, "answer": sympy.Integer(6), "features": f},
+                                     {"ok": False, "answer": None, "features": f},
+                                     {"ok": True, "answer": sympy.Integer(5), "features": f}], "6")
+    assert feats.shape == (2, len(FEATURES)) and gold.tolist() == [True, False] and answers == [6, 5]
+    feats, gold, answers = labelled([{"ok": False, "answer": None}], "6")
     assert feats.shape == (0, len(FEATURES)) and len(gold) == 0
-    assert top1([(feats, gold)], fit([])) == 0.0  # counted, and wrong
+    assert top1([(feats, gold, answers)], fit([])) == 0.0  # counted, and wrong
+
+
+def test_the_answer_with_the_most_mass_wins_over_the_best_candidate():
+    six, five = sympy.Integer(6), sympy.Integer(5)
+    # e**2 alone against e**1.5 + e**1.5 (log-sum-exp 2.19): two candidates agreeing on 5 outweigh the best one
+    assert by_answer(np.array([2.0, 1.5, 1.5]), [six, five, five]).tolist() == [1, 2, 0]
+    assert by_answer(np.array([2.0, 0.5, 0.5]), [six, five, five]).tolist() == [0, 1, 2]
+    assert by_answer(np.array([1.0, 3.0, 2.0]), [six, five, sympy.Integer(4)]).tolist() == [1, 2, 0]
+    f = np.zeros((3, len(FEATURES)))
+    assert top1([(f, np.array([False, True, True]), [six, five, five])], fit([])) == 1.0  # a tie of scores: 5 has more mass
