@@ -486,18 +486,25 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
 @app.command("scorer")
 def scorer_cmd(model: str = ModelOpt,
                split: str = typer.Option("fit", help="GSM8K split to fit on (dev: then the held-out figure is cross-validated)"),
-               limit: Optional[int] = typer.Option(3000, help="first N problems of that split"),
+               limit: int = typer.Option(3000, help="first N problems of that split (0: all)"),
                dev_limit: Optional[int] = typer.Option(None, help="first N GSM8K dev problems to report on (default all)"),
                folds: int = typer.Option(5, help="cross-validation folds when fitting on dev"),
                beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt,
-               source: str = SourceOpt, root: Optional[str] = RootOpt):
+               source: str = SourceOpt, root: Optional[str] = RootOpt,
+               refit: bool = typer.Option(False, help="fit again even when scorer.json was fitted on this model with these settings")):
     """Fit the learned ranking of candidate graphs (scorer.json beside the model) and report it on GSM8K dev."""
     from pathlib import Path
 
     from .answer import answers_match
     from .data import load
-    from .scorer import cross_validate, fit, labelled, provenance, top1
+    from .scorer import Scorer, cross_validate, fit, labelled, provenance, top1
 
+    path = Path(model) / "scorer.json"
+    wanted = provenance(Path(model), split=split, limit=limit or None, beam=beam, groupings=groupings)
+    fitted = Scorer.load(path)
+    if fitted is not None and fitted.fitted_on == wanted and not refit:
+        typer.echo(f"{path} is fitted on this model with these settings: kept (--refit to fit again)")
+        return
     solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True)
 
     def candidates(name: str, n: Optional[int]) -> tuple[list, float]:
@@ -511,9 +518,9 @@ def scorer_cmd(model: str = ModelOpt,
             first += answers_match(sol.answer, p.answer)
         return groups, first / len(problems)
 
-    train, train_first = candidates(split, limit)
+    train, train_first = candidates(split, limit or None)
     scorer = fit(train)
-    scorer.fitted_on = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings)
+    scorer.fitted_on = wanted
     typer.echo(f"fitted on {len(train)} GSM8K {split} problems (gold among the candidates for "
                f"{sum(bool(y.any()) for _, y, _ in train)})")
     if split == "dev":
@@ -525,7 +532,6 @@ def scorer_cmd(model: str = ModelOpt,
         held_out = top1(dev, scorer)
         how = "held out"
     typer.echo(f"GSM8K dev ({len(dev)}, {how}): {first:.1%} (log-probability ranking) → {held_out:.1%} (scorer)")
-    path = Path(model) / "scorer.json"
     scorer.save(path)
     typer.echo(f"wrote {path}")
 

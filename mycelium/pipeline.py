@@ -45,7 +45,7 @@ class PipelineConfig:
     eval_limit: int | None = None  # first N problems of each evaluation set (None: all)
     beam: int = 4
     groupings: int = 16
-    scorer_limit: int = 3000  # GSM8K fit problems the scorer is fitted on
+    scorer_limit: int | None = 3000  # GSM8K fit problems the scorer is fitted on (None: all 6,973)
     scorer_dev_limit: int | None = None  # GSM8K dev problems it is reported on (None: all 500)
 
 
@@ -91,16 +91,9 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     stage("train", ["train", "--backbone", cfg.backbone, "--epochs", str(cfg.epochs),
                     "--batch-size", str(cfg.batch_size), *common])
     model = run_dir / "models" / cfg.backbone.replace("/", "_")
-    from .scorer import Scorer, provenance
-
-    fitted = Scorer.load(model / "scorer.json")
-    wanted = provenance(model, split="fit", limit=cfg.scorer_limit, beam=cfg.beam, groupings=cfg.groupings)
-    if fitted is not None and fitted.fitted_on == wanted:
-        typer.echo("\n── scorer: cached (fitted on this model with these settings)", err=True)
-    else:
-        stage("scorer", ["scorer", "--model", str(model), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
-                         "--limit", str(cfg.scorer_limit),
-                         *(["--dev-limit", str(cfg.scorer_dev_limit)] if cfg.scorer_dev_limit else [])])
+    stage("scorer", ["scorer", "--model", str(model), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
+                     "--limit", str(cfg.scorer_limit or 0),  # the command keeps a scorer fitted with these settings
+                     *(["--dev-limit", str(cfg.scorer_dev_limit)] if cfg.scorer_dev_limit else [])])
     stage("eval", ["eval", "--dataset", ",".join(cfg.eval_datasets), "--model", str(model),
                    "--out", str(run_dir / "eval"), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
                    *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else [])])

@@ -36,12 +36,14 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 12
     again = mycelium("run", "--config", str(cfg))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "signals: cached" in again.stderr and "labels: cached" in again.stderr and "scorer: cached" in again.stderr
+    assert "signals: cached" in again.stderr and "labels: cached" in again.stderr and "fitted on this model with these settings: kept" in again.stdout
     assert again.stdout.count("12 traces in") == 2  # both trace stages found everything traced
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["last_run"]["problems"] == 0
+    refit = mycelium("scorer", "--model", str(run / "models" / "minilm"), "--limit", "8", "--dev-limit", "4", "--refit")
+    assert refit.returncode == 0 and "fitted on 8 GSM8K fit" in refit.stdout, refit.stderr[-3000:]
     cfg.write_text(cfg.read_text().replace("scorer_limit: 8", "scorer_limit: 6"))
     other = mycelium("run", "--config", str(cfg))  # a scorer fitted with other settings is not reused
-    assert other.returncode == 0 and "scorer: cached" not in other.stderr and "fitted on 6 GSM8K fit" in other.stdout
+    assert other.returncode == 0 and "kept (--refit" not in other.stdout and "fitted on 6 GSM8K fit" in other.stdout
 
 
 def test_run_bad_input(tmp_path):
