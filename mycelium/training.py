@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import BadInput
-from .specialists import HEADS, SpecialistConfig, Specialists, encode, losses, op_logits
+from .specialists import HEADS, OPS, SpecialistConfig, Specialists, encode, losses, op_logits
 from .store import atomic_write
 
 
@@ -65,7 +65,8 @@ def _prf(tp, p, g) -> float:
 def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> dict:
     """Development metrics of every head."""
     model.eval()
-    c = {k: 0 for k in ("t_tp", "t_p", "t_g", "s_tp", "s_p", "s_g", "c2", "n2", "c3", "n3", "c3e", "n3e", "c4", "n4",
+    c = {k: 0 for k in ("t_tp", "t_p", "t_g", "s_tp", "s_p", "s_g", "c2", "n2", "c3", "n3", "c3s", "n3s", "c3e", "n3e",
+                        "c4", "n4",
                         "e_tp", "e_p", "e_g", "c6", "n6", "c6t", "n6t", "pl", "npl")}
     device = next(model.parameters()).device
     for i in range(0, len(examples), batch_size):
@@ -90,6 +91,8 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> 
         end = out["c3"].shape[-1] - 1  # "no more operands": scored apart, as arity
         ok = (y["c3"] >= 0) & (y["c3"] != end)
         c["c3"] += int((out["c3"].argmax(-1)[ok] == y["c3"][ok]).sum()); c["n3"] += int(ok.sum())
+        right, n = step_operands_right(out["c3"], y["c3"], y["c2"], commutative=model.config.c2_labels == "ops")
+        c["c3s"] += right; c["n3s"] += n
         ok = y["c3"] >= 0
         hit = (out["c3"].argmax(-1) == end) == (y["c3"] == end)
         c["c3e"] += int(hit[ok].sum()); c["n3e"] += int(ok.sum())
@@ -107,10 +110,38 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> 
     r = lambda a, n: c[a] / max(c[n], 1)  # noqa: E731
     return {"c1_token_f1": _prf(c["t_tp"], c["t_p"], c["t_g"]), "c1_span_f1": _prf(c["s_tp"], c["s_p"], c["s_g"]),
             "c1_plan_accuracy": r("pl", "npl"),
-            "c2_accuracy": r("c2", "n2"), "c3_operand_accuracy": r("c3", "n3"),
+            "c2_accuracy": r("c2", "n2"), "c3_operand_accuracy": r("c3", "n3"), "c3_step_accuracy": r("c3s", "n3s"),
             "c3_arity_accuracy": r("c3e", "n3e"), "c4_accuracy": r("c4", "n4"),
             "c5_edge_f1": _prf(c["e_tp"], c["e_p"], c["e_g"]), "c6_goal_accuracy": r("c6", "n6"),
             "c6_type_accuracy": r("c6t", "n6t"), "examples": len(examples)}
+
+
+def step_operands_right(c3, y_c3, y_c2, commutative: bool) -> tuple[int, int]:
+    """Steps whose operands C3 gets all right, decoded as the solver does: slot by slot, no candidate twice,
+    as many as the label has; order ignored for add and mul. Returns (right, labelled steps).
+
+    Per-slot accuracy (`c3_operand_accuracy`) counts 16 + 3 labelled as 3 + 16 wrong and a
+    repeated pick right; this is the figure a decoded graph lives with.
+    c3: [batch, step, slot, cand] logits; y_c3: [batch, step, slot]; y_c2: [batch, step] operation labels.
+    """
+    end = c3.shape[-1] - 1  # "no more operands"
+    gold = y_c3.masked_fill(y_c3 == end, -100)  # [batch, step, slot]
+    labelled = (gold >= 0).any(-1) & (y_c2 >= 0)  # [batch, step]
+    used = torch.zeros_like(c3[:, :, 0], dtype=torch.bool)  # [batch, step, cand]
+    used[..., end] = True
+    picks = []
+    for k in range(c3.shape[2]):
+        pick = c3[:, :, k].masked_fill(used, float("-inf")).argmax(-1)  # [batch, step]
+        used = used.scatter(2, pick[..., None], True)
+        picks.append(pick)
+    picks = torch.stack(picks, -1).masked_fill(gold < 0, -100)  # [batch, step, slot]: as many as labelled
+    if commutative:
+        unordered = (y_c2 == OPS.index("add")) | (y_c2 == OPS.index("mul"))  # [batch, step]
+        same_set = (picks.sort(-1).values == gold.sort(-1).values).all(-1)
+        right = torch.where(unordered, same_set, (picks == gold).all(-1))
+    else:
+        right = (picks == gold).all(-1)
+    return int((right & labelled).sum()), int(labelled.sum())
 
 
 def _score(metrics: dict, heads) -> float:

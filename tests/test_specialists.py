@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mycelium.specialists import SpecialistConfig, Specialists, encode, losses
-from mycelium.training import TrainConfig, evaluate, load_model, save_model, train
+from mycelium.training import TrainConfig, evaluate, load_model, save_model, step_operands_right, train
 
 EXAMPLE = {
     "id": "gsm8k/train/0",
@@ -76,6 +76,22 @@ def test_encode_targets(fresh):
     assert "plan_targets" not in old and "plan_start" not in m(old)
 
 
+def test_step_operands_as_the_solver_decodes():
+    """Candidates 0–2 are mentions, 3 is "no more"; one question, three steps of two operands each."""
+    c3 = torch.full((1, 3, 3, 4), -5.0)  # [batch, step, slot, cand]
+    c3[0, :, 0, 1] = 2.0  # every step: slot 0 points at mention 1 first
+    c3[0, :, 1, 1] = 3.0  # slot 1 prefers mention 1 again, which is taken: its next best is mention 0
+    c3[0, :, 1, 0] = 1.0
+    y = torch.tensor([[[0, 1, 3], [0, 1, 3], [1, 2, 3]]])  # labels: (0, 1), (0, 1), (1, 2), then "no more"
+    ops = torch.tensor([[0, 1, 2]])  # add: order free; sub: order counts; mul, but mention 2 never picked
+    assert step_operands_right(c3, y, ops, commutative=True) == (1, 3)  # add right as a set; sub reversed; mul wrong
+    assert step_operands_right(c3, y, ops, commutative=False) == (0, 3)  # templates: order always counts
+    y[0, 1] = torch.tensor([1, 0, 3])  # sub labelled in the order decoded
+    assert step_operands_right(c3, y, ops, commutative=True) == (2, 3)
+    y[0, 2] = -100  # an unlabelled step does not count
+    assert step_operands_right(c3, y, ops, commutative=True) == (2, 2)
+
+
 @pytest.mark.slow
 def test_overfits_a_tiny_set(fresh):
     m = fresh()
@@ -90,7 +106,7 @@ def test_overfits_a_tiny_set(fresh):
         opt.step()
     assert float(loss) < 0.2 * first
     metrics = evaluate(m, [EXAMPLE, SECOND])
-    assert metrics["c2_accuracy"] == 1.0 and metrics["c3_operand_accuracy"] == 1.0
+    assert metrics["c2_accuracy"] == 1.0 and metrics["c3_operand_accuracy"] == 1.0 and metrics["c3_step_accuracy"] == 1.0
     assert metrics["c6_goal_accuracy"] == 1.0 and metrics["c5_edge_f1"] == 1.0 and metrics["c1_token_f1"] > 0.9
     assert metrics["c1_plan_accuracy"] == 1.0
     # The solver's beam search over plans finds the labelled step sequence first.
