@@ -247,17 +247,21 @@ app.add_typer(labels_app, name="labels")
 
 @labels_app.command("build")
 def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[str] = RootOpt,
-                 min_uses: int = typer.Option(5, help="uses a value needs before it can be a domain constant")):
+                 min_uses: int = typer.Option(5, help="uses a value needs before it can be a domain constant"),
+                 regions: str = typer.Option("attention", help="step regions: attention (the IAF map's run of clauses) "
+                                             "or anchored (widened to the clauses of the step's quantity operands)")):
     """Labels for every traced problem; the domain-constant table from GSM8K fit."""
     import hashlib
     from pathlib import Path
 
     from .data import load
     from .errors import MissingFile
-    from .labels import build, constant_table, mark_bridging
+    from .labels import REGIONS, build, constant_table, mark_bridging
     from .store import TraceStore, atomic_write
     from .viewer import Reading
 
+    if regions not in REGIONS:
+        raise BadInput(f"unknown regions {regions!r}; use one of {', '.join(REGIONS)}")
     run = Path(run_dir)
     if not (run / "traces" / "manifest.json").exists():
         raise MissingFile(f"no traces in {run / 'traces'}: run `mycelium trace --run {run_dir}` first")
@@ -271,7 +275,7 @@ def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[
     constants = {r["value"] for r in table if r["kept"]}
     problems = {p.id: p for split in ("train", "test") for p in load("gsm8k", split, source, root)}
     reading = Reading.from_report(json.loads(rep_path.read_text()))
-    examples, dropped = build(problems, store, reading, constants, progress=sys.stderr.isatty())
+    examples, dropped = build(problems, store, reading, constants, progress=sys.stderr.isatty(), regions=regions)
     threshold = mark_bridging(examples)
     out = run / "labels"
     atomic_write(out / "labels.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode())
@@ -280,7 +284,7 @@ def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[
     manifest = {"traces_config_key": store.manifest["config_key"], "examples": len(examples), "traced": total,
                 "coverage_percent": round(100 * len(examples) / max(total, 1), 2), "dropped": dict(dropped),
                 "bridging_threshold_problem_mass": threshold, "constants": sorted(constants),
-                "signals_sha1": hashlib.sha1(rep_path.read_bytes()).hexdigest()}
+                "signals_sha1": hashlib.sha1(rep_path.read_bytes()).hexdigest(), "regions": regions}
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     typer.echo(f"{len(examples)}/{total} traced problems labelled ({manifest['coverage_percent']}%), "
                f"dropped: {dict(dropped) or 'none'}")

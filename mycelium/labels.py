@@ -38,9 +38,11 @@ from .numbers import parse_number
 from .quality import solution_numbers
 from .reference import AnnotationError, annotations, reference_graph
 from .signals import iaf, read, step_mass
+from .specialists import MAX_WIDTH
 from .trace import Trace, strip_annotations
 from .viewer import Reading
 
+REGIONS = ("attention", "anchored")
 ORPHAN_SHARE = 0.8  # DESIGN.md: a constant is kept when > 80% of its uses are orphaned
 BRIDGING_QUANTILE = 0.25
 
@@ -90,8 +92,31 @@ def _answer_type(gold: str) -> str:
     return "integer" if v.is_integer else "decimal" if "." in gold else "fraction"
 
 
-def build_example(problem: Problem, trace: Trace, reading: Reading, constants: set[str]) -> dict | None:
-    """One labelled example, or None when its graph does not re-execute to gold."""
+def anchor_run(run: tuple[int, int] | None, operand_clauses: list[int], width: int = MAX_WIDTH) -> tuple[int, int] | None:
+    """A step's run of clauses widened to the clauses of the quantities it uses, while it stays `width` clauses.
+
+    Attention alone leaves a third of a step's quantity operands outside its region (GSM8K, SmolLM2-135M);
+    the operands are the step's own provenance, so the region that C1 learns to plan and C3 points from
+    covers them. Too wide: the operands' own run if that fits, else attention's run unchanged.
+    """
+    if not operand_clauses:
+        return run
+    lo, hi = min(operand_clauses), max(operand_clauses)
+    if run is not None and max(hi, run[1]) - min(lo, run[0]) < width:
+        return min(lo, run[0]), max(hi, run[1])
+    if run is None or hi - lo < width:
+        return (lo, hi) if hi - lo < width else run
+    return run
+
+
+def build_example(problem: Problem, trace: Trace, reading: Reading, constants: set[str],
+                  regions: str = "attention") -> dict | None:
+    """One labelled example, or None when its graph does not re-execute to gold.
+
+    regions: "attention" (the run of clauses the step's IAF map points at) or "anchored" (that run widened to
+    the clauses of the step's quantity operands, `anchor_run`)."""
+    if regions not in REGIONS:
+        raise ValueError(f"unknown regions {regions!r}; use one of {', '.join(REGIONS)}")
     try:
         graph = reference_graph(problem)
     except AnnotationError:
@@ -116,7 +141,6 @@ def build_example(problem: Problem, trace: Trace, reading: Reading, constants: s
         w = iaf(a, s0, s1)
         weights = {int(trace.problem_offsets[j][0]): float(w[j]) for j in np.argsort(-w)[:8]}
         run = region_clauses(clauses, weights)
-        reg = clause_span(clauses, *run) if run else None
         operands = []
         for o in step.operands:
             ref = o.ref
@@ -135,6 +159,11 @@ def build_example(problem: Problem, trace: Trace, reading: Reading, constants: s
                              "ambiguous": o.ambiguous})
             if o.source is Source.QUANTITY:
                 o.ref = ref
+        if regions == "anchored":
+            used = [clauses.clause_at(graph.quantities[o.ref].start) for o in step.operands
+                    if o.source is Source.QUANTITY and o.ref is not None]
+            run = anchor_run(run, sorted({k for k in used if k is not None}))
+        reg = clause_span(clauses, *run) if run else None
         mass = step_mass(trace, s0, s1)
         steps.append({"op": step.op.value, "tokens": [s0, s1], "region": list(reg) if reg else None,
                       "clauses": list(run) if run else None,
@@ -163,7 +192,8 @@ def mark_bridging(examples: list[dict]) -> float:
 
 
 
-def build(problems: dict[str, Problem], traces, reading: Reading, constants: set[str], progress: bool = True):
+def build(problems: dict[str, Problem], traces, reading: Reading, constants: set[str], progress: bool = True,
+          regions: str = "attention"):
     """(examples, dropped reasons) for every trace whose problem is known."""
     from tqdm import tqdm
 
@@ -173,7 +203,7 @@ def build(problems: dict[str, Problem], traces, reading: Reading, constants: set
         if problem is None:
             dropped["problem not in the dataset"] += 1
             continue
-        ex = build_example(problem, trace, reading, constants)
+        ex = build_example(problem, trace, reading, constants, regions)
         if ex is None:
             dropped["graph does not re-execute to gold"] += 1
         else:

@@ -38,6 +38,7 @@ class PipelineConfig:
     dev: int | None = None  # GSM8K dev problems to trace (None: all 500); they decide early stopping
     fit: int | None = None  # GSM8K fit problems to trace (None: all 6,973)
     select: int = 50  # traces the signals report chooses heads on
+    regions: str = "attention"  # step regions of the labels: attention, or anchored on the step's operands
     signals_limit: int = 500  # traces the signals report reads
     epochs: int = 8
     batch_size: int = 16
@@ -84,10 +85,10 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     labels = run_dir / "labels" / "manifest.json"
     sha = hashlib.sha1(report.read_bytes()).hexdigest()
     made = json.loads(labels.read_text()) if labels.exists() else {}
-    if (made.get("traced"), made.get("traces_config_key"), made.get("signals_sha1")) == (n, key, sha):
+    if (made.get("traced"), made.get("traces_config_key"), made.get("signals_sha1"), made.get("regions")) == (n, key, sha, cfg.regions):
         typer.echo("── labels: cached (made from these traces and signals)", err=True)
     else:
-        stage("labels build", ["labels", "build", *common])
+        stage("labels build", ["labels", "build", "--regions", cfg.regions, *common])
     stage("train", ["train", "--backbone", cfg.backbone, "--epochs", str(cfg.epochs),
                     "--batch-size", str(cfg.batch_size), *common])
     model = run_dir / "models" / cfg.backbone.replace("/", "_")

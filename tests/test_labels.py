@@ -2,7 +2,7 @@ import pytest
 
 from mycelium.clauses import parse
 from mycelium.data import get, load
-from mycelium.labels import build_example, constant_table, mark_bridging
+from mycelium.labels import anchor_run, build_example, constant_table, mark_bridging
 from mycelium.trace import capture, strip_annotations
 from mycelium.viewer import Reading
 
@@ -59,3 +59,27 @@ def test_constant_table_from_orphan_rates():
     assert "2" not in kept  # "half"/"twice" use 2 as an orphan, but the problem supplies a 2 often too
     row = next(r for r in table if r["value"] == "60")
     assert 0 < row["orphan_share"] < 0.8 and not row["kept"]
+
+
+def test_anchor_run_widens_to_the_operands_within_the_width():
+    assert anchor_run((2, 2), [0]) == (0, 2)  # attention read clause 2; the step used a quantity of clause 0
+    assert anchor_run((2, 3), []) == (2, 3)  # no quantity operands: attention's run
+    assert anchor_run(None, [1, 2]) == (1, 2)  # attention found no clause: the operands' run
+    assert anchor_run((7, 7), [0, 1], width=4) == (0, 1)  # too wide together: the operands' own run
+    assert anchor_run((7, 7), [0, 5], width=4) == (7, 7)  # the operands alone too wide: attention's run
+    assert anchor_run(None, [0, 5], width=4) is None
+
+
+@pytest.mark.slow
+def test_anchored_regions_hold_the_steps_quantities(smollm2):
+    p = get("gsm8k/test/0")
+    trace = capture(smollm2, p.question, strip_annotations(p.solution), problem_id=p.id)
+    ex = build_example(p, trace, READING, constants={"1/100", "365", "0"}, regions="anchored")
+    for st in ex["steps"]:
+        a, b = st["region"]
+        for o in st["operands"]:
+            if o["source"] == "quantity":
+                q = ex["quantities"][o["ref"]]
+                assert a <= q["start"] and q["end"] <= b, (st["region_text"], q["text"])
+    with pytest.raises(ValueError, match="unknown regions"):
+        build_example(p, trace, READING, constants=set(), regions="everything")
