@@ -104,9 +104,7 @@ def anchor_run(run: tuple[int, int] | None, operand_clauses: list[int], width: i
     lo, hi = min(operand_clauses), max(operand_clauses)
     if run is not None and max(hi, run[1]) - min(lo, run[0]) < width:
         return min(lo, run[0]), max(hi, run[1])
-    if run is None or hi - lo < width:
-        return (lo, hi) if hi - lo < width else run
-    return run
+    return (lo, hi) if hi - lo < width else run
 
 
 def build_example(problem: Problem, trace: Trace, reading: Reading, constants: set[str],

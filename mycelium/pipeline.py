@@ -85,7 +85,9 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     labels = run_dir / "labels" / "manifest.json"
     sha = hashlib.sha1(report.read_bytes()).hexdigest()
     made = json.loads(labels.read_text()) if labels.exists() else {}
-    if (made.get("traced"), made.get("traces_config_key"), made.get("signals_sha1"), made.get("regions")) == (n, key, sha, cfg.regions):
+    labels_from = (made.get("traced"), made.get("traces_config_key"), made.get("signals_sha1"),
+                   made.get("regions", "attention"))  # labels from before the option were attention's
+    if labels_from == (n, key, sha, cfg.regions):
         typer.echo("── labels: cached (made from these traces and signals)", err=True)
     else:
         stage("labels build", ["labels", "build", "--regions", cfg.regions, *common])
