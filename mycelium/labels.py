@@ -30,7 +30,7 @@ from collections import Counter
 import numpy as np
 
 from .answer import answers_match
-from .clauses import clause_span, parse, region_clauses
+from .clauses import MAX_WIDTH, clause_span, parse, region_clauses
 from .data import Problem
 from .executor import execute
 from .graph import Graph, Source
@@ -38,7 +38,6 @@ from .numbers import parse_number
 from .quality import solution_numbers
 from .reference import AnnotationError, annotations, reference_graph
 from .signals import iaf, read, step_mass
-from .specialists import MAX_WIDTH
 from .trace import Trace, strip_annotations
 from .viewer import Reading
 
@@ -160,7 +159,7 @@ def build_example(problem: Problem, trace: Trace, reading: Reading, constants: s
         if regions == "anchored":
             used = [clauses.clause_at(graph.quantities[o.ref].start) for o in step.operands
                     if o.source is Source.QUANTITY and o.ref is not None]
-            run = anchor_run(run, sorted({k for k in used if k is not None}))
+            run = anchor_run(run, [k for k in used if k is not None])
         reg = clause_span(clauses, *run) if run else None
         mass = step_mass(trace, s0, s1)
         steps.append({"op": step.op.value, "tokens": [s0, s1], "region": list(reg) if reg else None,

@@ -33,12 +33,12 @@ import torch
 from torch import nn
 
 from .backbone import backbone_folder
+from .clauses import MAX_WIDTH
 
 OPS = ["add", "sub", "mul", "div", "pow"]
 ANSWER_TYPES = ["integer", "decimal", "fraction", "other"]
 MAX_STEPS = 12
 MAX_SLOTS = 4
-MAX_WIDTH = 4  # clauses in one step's region
 HEADS = ("c1", "c2", "c3", "c4", "c5", "c6")
 
 
