@@ -14,7 +14,8 @@ import torch
 from mycelium.data import get
 from mycelium.errors import BadInput
 from mycelium.evaluate import evaluate
-from mycelium.solver import Solver, SolverConfig, decode, groupings, value_type
+from mycelium.numbers import find_quantities
+from mycelium.solver import Solver, SolverConfig, decode, detect_language, groupings, value_type
 
 from .test_specialists import EXAMPLE, SECOND
 
@@ -35,6 +36,17 @@ def test_groupings_enumerate_merges_duplicates_and_drops():
     assert [(0, 9), (10, 20)] in g and [(0, 5), (0, 5), (6, 9), (10, 20)] in g and [(6, 9), (10, 20)] in g
     assert [(6, 9), (10, 20), (0, 5)] in g  # the first clause read last (an "altogether" step)
     assert len(g) == len({tuple(x) for x in g})
+
+
+def test_language_is_read_without_the_numbers():
+    # A long repeating decimal reads as Cebuano to fastText; cut out, the words alone are plainly English.
+    q = "There is 0.16666666666666666 of a cup of oil in Scarlett's measuring cup. If Scarlett adds 0.6666666666666666 of a cup more, how much oil will be in the measuring cup?"
+    assert detect_language(q)[0] != "en"  # what the quantities alone do to it
+    lang, prob = detect_language(q, find_quantities(q))
+    assert lang == "en" and prob > 0.5
+    for text, want in [("Juan tiene 3 manzanas y compra 4 más. ¿Cuántas manzanas tiene ahora?", "es"),
+                       ("Anna hat 3 Äpfel und kauft 4 weitere. Wie viele Äpfel hat sie jetzt?", "de")]:
+        assert detect_language(text, find_quantities(text))[0] == want
 
 
 def test_decode_takes_the_best_choices_and_respects_arity_and_padding():
