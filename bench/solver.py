@@ -51,7 +51,7 @@ def main() -> None:
 
     problems = load(args.dataset, args.split)[: args.limit]
     solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size))
-    solver.solve_batch([problems[0].question])  # warm-up: spaCy, langdetect, first-call allocations
+    solver.solve_batch([problems[0].question])  # warm-up: spaCy, fastText, first-call allocations
     t0 = time.monotonic()
     sols = list(solver.solve_each([p.question for p in problems], "solver"))
     solver_s = time.monotonic() - t0

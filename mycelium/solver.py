@@ -325,16 +325,16 @@ class Solver:
         check_question(question)
         return self.solve_batch([question])[0]
 
-    def refusal(self, question, quantities=()) -> str | None:
-        """Why this question (with its `quantities`, as `find_quantities` reads them) gets no answer before
-        the model reads it, or None."""
+    def refusal(self, question, quantities=None) -> str | None:
+        """Why this question gets no answer before the model reads it, or None; `quantities` as
+        `find_quantities` reads them (found here when not given)."""
         try:
             check_question(question)
         except BadInput as e:
             return str(e)
         if not any(ch.isalpha() for ch in question):
             return "the question has no words"
-        lang, prob = detect_language(question, quantities)
+        lang, prob = detect_language(question, find_quantities(question) if quantities is None else quantities)
         if lang != "en" and prob >= self.config.min_english:
             return f"the question does not look like English (fastText: {lang} {prob:.2f})"
         n = len(self.model.tokenizer(question)["input_ids"])
