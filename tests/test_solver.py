@@ -130,6 +130,19 @@ def test_predictions_do_not_depend_on_gold(solver):
 
 
 @pytest.mark.slow
+def test_pipelined_batches_match_one_at_a_time(model_dir):
+    """The encoder reading the next batch on its own thread changes nothing but the time."""
+    questions = [get(f"gsm8k/test/{i}").question for i in range(5)] + ["", "Tom has 3 boxes with 4 apples each."]
+    runs = []
+    for pipeline in (True, False):
+        solver = Solver.load(model_dir, SolverConfig(batch_size=2, pipeline=pipeline))
+        both = solver.solve_batch(questions), list(solver.solve_each(questions, progress=False))
+        runs.append([[(s.answer, s.reason, s.graph.to_json() if s.graph else None, s.score) for s in r] for r in both])
+    assert runs[0] == runs[1]
+    assert runs[0][0][5][1] and runs[0][0][5][0] is None  # the empty question is refused in its batch
+
+
+@pytest.mark.slow
 def test_bad_input_gets_a_reason_never_a_crash(solver):
     cases = {
         "": "question is empty",
