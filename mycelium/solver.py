@@ -469,8 +469,8 @@ class Solver:
         if not rows:
             return sols
         batch = self._candidate_masks(rows, owner, tok["offset_mapping"])
-        batch["attention_mask"] = tok["attention_mask"][owner]
-        heads = self.model.heads(hidden[owner], batch)  # one pass: every step of every candidate
+        batch["attention_mask"] = tok["attention_mask"]
+        heads = self.model.heads(hidden, batch)  # one pass: every step of every candidate
         allowed = batch["cand_mask"].clone()  # [row, step, cand]
         allowed[..., -2:] = False  # "another constant" has no value; "no more" is decoded apart
         decoded = decode(heads["c2"], heads["c2_operand"], torch.log_softmax(heads["c3"], -1), allowed,
@@ -547,8 +547,8 @@ class Solver:
         return chosen or ([clauses[int(np.argmax(means))]] if clauses else [])
 
     def _candidate_masks(self, rows: list[dict], owner: list[int], offsets) -> dict:
-        """`encode`'s step, mention and pointer masks for every candidate, each span's mask made once."""
-        R, T = len(rows), offsets.shape[1]
+        """`encode`'s masks, each span's made once: steps and pointers per candidate, mentions per question."""
+        R, (B, T) = len(rows), offsets.shape[:2]
         S = max(1, min(MAX_STEPS, max(len(r["groups"]) for r in rows)))
         Q = max(1, max(len(r["quantities"]) for r in rows))
         C = len(self.constants)
@@ -560,23 +560,24 @@ class Solver:
                 cache[j, span] = span_masks(offs[j], [span])[0]
             return cache[j, span]
 
-        mentions = {}  # question -> [quantity, token]: the same for all its candidates
+        mention_mask = np.zeros((B, Q, T), dtype=bool)  # [question, quantity, token]: the same for all its candidates
+        seen = set()
         step_mask = np.zeros((R, S, T), dtype=bool)
         cand_mask = torch.zeros(R, S, Q + S + C + 2, dtype=torch.bool)  # [cand, step, pointer target]
         for r, (row, j) in enumerate(zip(rows, owner)):
-            if j not in mentions:
-                mentions[j] = np.zeros((Q, T), dtype=bool)
+            if j not in seen:
+                seen.add(j)
                 for q, x in enumerate(row["quantities"]):
-                    mentions[j][q] = mask(j, (x.start, x.end))
+                    mention_mask[j, q] = mask(j, (x.start, x.end))
             for k, span in enumerate(row["groups"][:S]):
                 if span is not None:  # an implicit step reads no clause
                     step_mask[r, k] = mask(j, tuple(span))
             cand_mask[r, :, : len(row["quantities"])] = True
-        mention_mask = torch.from_numpy(np.stack([mentions[j] for j in owner])).float()  # [cand, quantity, token]
+        mention_mask = torch.from_numpy(mention_mask).float()
         step_mask = torch.from_numpy(step_mask).float()  # [cand, step, token]
         cand_mask[:, :, Q + S:] = True
         cand_mask[:, :, Q: Q + S] = torch.tril(torch.ones(S, S, dtype=torch.bool), -1)  # earlier steps only
-        return {"step_mask": step_mask, "mention_mask": mention_mask, "cand_mask": cand_mask,
+        return {"step_mask": step_mask, "mention_mask": mention_mask, "cand_mask": cand_mask, "owner": torch.tensor(owner),
                 "n_steps": torch.tensor([min(len(r["groups"]), S) for r in rows])}
 
     def _pick_key(self, c: int, Q: int, S: int, quantities) -> tuple:

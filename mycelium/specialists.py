@@ -111,13 +111,22 @@ class Specialists(nn.Module):
         return self.heads(self.read(batch["input_ids"], batch["attention_mask"]), batch)
 
     def heads(self, hidden, batch: dict) -> dict:
-        """Every head on read question tokens; `batch` holds the step and mention masks (`encode`)."""
-        # hidden: [batch, token, d]
-        out = {"c1": self.c1(hidden).squeeze(-1)}  # [batch, token]
+        """Every head on read question tokens; `batch` holds the step and mention masks (`encode`).
+
+        hidden: [question, token, d]. Training has one row per question. The
+        solver has many rows (candidates) per question: it passes `owner`
+        ([row] the question of each row, rows grouped by question in order)
+        with the step masks per row and the mention and attention masks per
+        question, so each question's states are read where they lie instead
+        of being copied once per candidate.
+        """
+        owner = batch.get("owner")
+        out = {"c1": self.c1(hidden).squeeze(-1)}  # [question, token]
         pooled = lambda masks: (masks @ hidden) / masks.sum(-1, keepdim=True).clamp_min(1)  # noqa: E731
-        steps = pooled(batch["step_mask"]) + self.step_pos.weight[: batch["step_mask"].shape[1]]  # [batch, step, d]
-        mentions = pooled(batch["mention_mask"])  # [batch, mention, d]
-        B = hidden.shape[0]
+        per_row = (lambda x: x) if owner is None else (lambda x: x[owner])  # noqa: E731
+        steps = _pool_rows(batch["step_mask"], hidden, owner) + self.step_pos.weight[: batch["step_mask"].shape[1]]  # [batch, step, d]
+        mentions = per_row(pooled(batch["mention_mask"]))  # [batch, mention, d]
+        B = steps.shape[0]
         consts = self.constant.weight[None].expand(B, -1, -1)  # [batch, const, d]
         candidates = torch.cat([mentions, steps, consts, self.end.expand(B, -1, -1)], 1)  # [batch, cand, d]
         out["c2"] = self.c2(steps)  # [batch, step, op], before the operands are known
@@ -125,7 +134,7 @@ class Specialists(nn.Module):
         # c3_query is linear: query(step + slot) = query(step) + W slot, a step's cost rather than a (step, slot)'s
         query = self.c3_query(steps)[:, :, None] + (self.slot.weight @ self.c3_query.weight.T)  # [batch, step, slot, d]
         c3 = torch.einsum("bsqd,bcd->bsqc", query, candidates) / hidden.shape[-1] ** 0.5  # [batch, step, slot, cand]
-        inside = (torch.einsum("bst,bqt->bsq", batch["step_mask"], batch["mention_mask"]) > 0).to(c3.dtype)
+        inside = (torch.einsum("bst,bqt->bsq", batch["step_mask"], per_row(batch["mention_mask"])) > 0).to(c3.dtype)
         Q = mentions.shape[1]
         c3 = torch.cat([c3[..., :Q] + self.in_region * inside[:, :, None], c3[..., Q:]], -1)
         out["c3"] = c3.masked_fill(~batch["cand_mask"][:, :, None], -1e4)  # padding mentions, later steps
@@ -133,13 +142,19 @@ class Specialists(nn.Module):
         # C5's first layer on [earlier; later] pairs, split into its two halves: the same function as
         # concatenating every pair, at a step's cost instead of a pair's.
         first, act, last = self.c5
-        d = steps.shape[-1]
+        d, S = steps.shape[-1], steps.shape[1]
         earlier = steps @ first.weight[:, :d].T  # [batch, step, d]
         later = steps @ first.weight[:, d:].T + first.bias  # [batch, step, d]
-        out["c5"] = last(act(earlier[:, :, None] + later[:, None])).squeeze(-1)  # [batch, earlier, later]
+        if "n_steps" in batch:  # solving: only earlier → later pairs within a row's own steps are ever read
+            pairs = torch.ones(S, S, dtype=torch.bool, device=steps.device).triu(1)[None] & \
+                (torch.arange(S, device=steps.device)[None] < batch["n_steps"][:, None])[:, None]  # [batch, earlier, later]
+            r, t, u = pairs.nonzero(as_tuple=True)
+            out["c5"] = steps.new_zeros(B, S, S).index_put_((r, t, u), last(act(earlier[r, t] + later[r, u])).squeeze(-1))
+        else:
+            out["c5"] = last(act(earlier[:, :, None] + later[:, None])).squeeze(-1)  # [batch, earlier, later]
         out["c6_goal"] = self.c6_goal(steps).squeeze(-1)  # [batch, step]
         # Mean over the question, not the first token: a decoder's first token has seen nothing.
-        question = pooled(batch["attention_mask"][:, None].to(hidden.dtype))[:, 0]  # [batch, d]
+        question = per_row(pooled(batch["attention_mask"][:, None].to(hidden.dtype))[:, 0])  # [batch, d]
         out["c6_type"] = self.c6_type(question)  # [batch, type]
         if "clause_mask" in batch:  # training: the plan, teacher-forced on the labelled regions
             regions = pooled(batch["step_mask"])  # [batch, step, d]
@@ -183,6 +198,26 @@ class Specialists(nn.Module):
 
     def config_dict(self) -> dict:
         return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}
+
+
+def _pool_rows(masks, hidden, owner=None):
+    """Mean of the masked states: masks [row, n, token], hidden [question, token, d] -> [row, n, d].
+
+    With `owner` ([row] its question, rows grouped by question in order) each
+    question's rows are stacked and read against its states in one product,
+    never copying the states per row.
+    """
+    if owner is None:
+        total = masks @ hidden
+    else:
+        R, n, T = masks.shape
+        first = torch.searchsorted(owner, owner)  # [row] where its question's rows begin
+        slot = torch.arange(R, device=owner.device) - first  # [row] its place among them
+        N = int(slot.max()) + 1
+        stacked = masks.new_zeros(hidden.shape[0], N, n, T)  # [question, slot, n, token]
+        stacked[owner, slot] = masks
+        total = (stacked.view(hidden.shape[0], N * n, T) @ hidden).view(hidden.shape[0], N, n, -1)[owner, slot]
+    return total / masks.sum(-1, keepdim=True).clamp_min(1)
 
 
 def span_masks(offsets, spans) -> np.ndarray:

@@ -76,6 +76,30 @@ def test_encode_targets(fresh):
     assert "plan_targets" not in old and "plan_start" not in m(old)
 
 
+def test_heads_read_each_question_once_for_many_candidates(fresh):
+    """The solver's layout (rows per candidate, states per question, `owner`) gives the heads of copied states."""
+    model = fresh()
+    batch = encode(model, [EXAMPLE, SECOND])
+    with torch.no_grad():
+        hidden = model.read(batch["input_ids"], batch["attention_mask"])  # [question, token, d]
+        owner = torch.tensor([0, 0, 0, 1, 1])
+        g = torch.Generator().manual_seed(0)
+        step_mask = (torch.rand(5, *batch["step_mask"].shape[1:], generator=g) > 0.7).float()  # [row, step, token]
+        n_steps = torch.tensor([2, 1, 2, 2, 1])
+        rows = {"step_mask": step_mask, "mention_mask": batch["mention_mask"][owner], "cand_mask": batch["cand_mask"][owner],
+                "attention_mask": batch["attention_mask"][owner], "n_steps": n_steps}
+        copied = model.heads(hidden[owner], rows)
+        shared = model.heads(hidden, {**rows, "owner": owner, "mention_mask": batch["mention_mask"],
+                                      "attention_mask": batch["attention_mask"]})
+    for k in ("c2", "c2_operand", "c3", "c4", "c6_goal", "c6_type"):
+        torch.testing.assert_close(shared[k], copied[k])
+    torch.testing.assert_close(shared["c1"][owner], copied["c1"])
+    for r, n in enumerate(n_steps.tolist()):  # C5 is computed for the pairs the solver reads: earlier -> later steps
+        for t in range(n):
+            for u in range(t + 1, n):
+                torch.testing.assert_close(shared["c5"][r, t, u], copied["c5"][r, t, u])
+
+
 def test_step_operands_as_the_solver_decodes():
     """Candidates 0–2 are mentions, 3 is "no more"; one question, three steps of two operands each."""
     c3 = torch.full((1, 3, 3, 4), -5.0)  # [batch, step, slot, cand]
