@@ -28,6 +28,10 @@
    probabilities. The best comes back with its graph and the regions its
    steps read.
 
+Batches run as a two-stage pipeline: while steps 2–4 (mostly Python) finish
+one batch, the encoder (torch, which lets go of the GIL) reads the next on a
+thread of its own.
+
 The solver sees the question text only; refusals (not English, no
 quantity, too long, numbers too large, over the time budget) come back as a
 Solution with no answer and a reason, never as an exception.
@@ -358,6 +362,7 @@ class Solver:
             yield from self._in_order(questions, self.config.window * self.config.batch_size, bar.update)
 
     def solve_batch(self, questions: list[str]) -> list[Solution]:
+        """Many questions at once, batched by length over all of them; solutions in question order."""
         return list(self._in_order(questions, max(len(questions), 1)))
 
     def _in_order(self, questions: list[str], window: int, done=lambda n: None) -> Iterator[Solution]:
@@ -404,9 +409,6 @@ class Solver:
                 batch = reading.result()
                 reading = pool.submit(self._encode, upcoming) if upcoming is not None else None
                 yield self._finish(batch)
-
-    def _solve_batch(self, questions: list[str]) -> list[Solution]:
-        return self._finish(self._encode(self._prepare(questions)))
 
     def _prepare(self, questions: list[str]) -> dict:
         """Before the encoder: refusals, quantities, tokens and clauses."""
