@@ -145,7 +145,7 @@ class Specialists(nn.Module):
         d, S = steps.shape[-1], steps.shape[1]
         earlier = steps @ first.weight[:, :d].T  # [batch, step, d]
         later = steps @ first.weight[:, d:].T + first.bias  # [batch, step, d]
-        if "n_steps" in batch:  # solving: only earlier → later pairs within a row's own steps are ever read
+        if "n_steps" in batch:  # only earlier → later pairs within a row's steps are read (wiring, loss, metrics)
             pairs = torch.ones(S, S, dtype=torch.bool, device=steps.device).triu(1)[None] & \
                 (torch.arange(S, device=steps.device)[None] < batch["n_steps"][:, None])[:, None]  # [batch, earlier, later]
             r, t, u = pairs.nonzero(as_tuple=True)
