@@ -555,7 +555,7 @@ def quantities(text: str = typer.Argument(..., help="problem text")):
 
 
 @app.command()
-def run(preset: str = typer.Option("quick", help="quick (about 11 minutes on 2 cores) or full (all of GSM8K train)"),
+def run(preset: str = typer.Option("quick", help="quick (about 10 minutes on 2 cores) or full (all of GSM8K train)"),
         config: Optional[str] = typer.Option(None, help="a YAML file of pipeline settings (overrides the preset)"),
         run_dir: Optional[str] = typer.Option(None, "--run", help="run folder (default: the preset's)"),
         engine: Optional[str] = typer.Option(None, help="local or ray (tracing)"),
