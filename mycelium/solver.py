@@ -489,7 +489,7 @@ class Solver:
             if j not in by_question:
                 continue
             t0 = time.monotonic()
-            scored, runs, memo, operands, pick_keys = [], {}, {}, {}, {}
+            scored, runs, memo, targets = [], {}, {}, {}
             for r in by_question[j]:
                 if time.monotonic() - t0 > self.config.time_budget_s:
                     break
@@ -497,11 +497,8 @@ class Solver:
                 goal_lp = goal_logits[r, :n] - np.logaddexp.reduce(goal_logits[r, :n])
                 goal = int(goal_lp.argmax())
                 for score, steps in decoded[r]:
-                    graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S, operands)
-                    for c in itertools.chain.from_iterable(p for _, p in steps):
-                        if c not in pick_keys:
-                            pick_keys[c] = self._pick_key(c, Q, S, quantities[i])
-                    key = (tuple((k, tuple(pick_keys[c] for c in picks)) for k, picks in steps), goal)
+                    graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S, targets)
+                    key = (tuple((k, tuple(targets[c][1] for c in picks)) for k, picks in steps), goal)
                     if key not in runs:  # groupings often decode to the same graph: execute it once
                         runs[key] = execute(graph, self.limits, memo)
                     run = runs[key]
@@ -585,10 +582,13 @@ class Solver:
         return {"step_mask": step_mask, "mention_mask": mention_mask, "cand_mask": cand_mask, "owner": torch.tensor(owner),
                 "n_steps": torch.tensor([min(len(r["groups"]), S) for r in rows])}
 
-    def _pick_key(self, c: int, Q: int, S: int, quantities) -> tuple:
-        if c < Q:
-            return ("q", quantities[c].value)  # two mentions of one value make one graph
-        return ("s", c - Q) if c < Q + S else ("c", c - Q - S)
+    def _target(self, c: int, Q: int, S: int, quantities) -> tuple[Operand, tuple]:
+        """Pointer target c as an Operand, and its key for telling graphs apart."""
+        if c < Q:  # two mentions of one value make one graph
+            return Operand(Source.QUANTITY, quantities[c].value, c), ("q", quantities[c].value)
+        if c < Q + S:
+            return Operand(Source.RESULT, sympy.Integer(0), c - Q), ("s", c - Q)
+        return Operand(Source.CONSTANT, self.constants[c - Q - S]), ("c", c - Q - S)
 
     @staticmethod
     def _wiring(steps, edge_lp, no_edge_lp, Q, S) -> float:
@@ -599,19 +599,14 @@ class Solver:
             total += sum(edge_lp[t, s] if t in feeds else no_edge_lp[t, s] for t in range(s))
         return float(total)
 
-    def _graph(self, question, quantities, groups, steps, goal, Q, S, operands: dict) -> Graph:
-        """One decoded candidate as a Graph; `operands` keeps each pointer target's Operand for the question's
-        candidates to share (tens of graphs per question point at the same few quantities)."""
+    def _graph(self, question, quantities, groups, steps, goal, Q, S, targets: dict) -> Graph:
+        """One decoded candidate as a Graph; `targets` keeps each pointer target's (Operand, key) for the
+        question's candidates to share (tens of graphs per question point at the same few quantities)."""
         out = []
         for s, (k, picks) in enumerate(steps):
             for c in picks:
-                if c not in operands:
-                    if c < Q:
-                        operands[c] = Operand(Source.QUANTITY, quantities[c].value, c)
-                    elif c < Q + S:
-                        operands[c] = Operand(Source.RESULT, sympy.Integer(0), c - Q)
-                    else:
-                        operands[c] = Operand(Source.CONSTANT, self.constants[c - Q - S])
+                if c not in targets:
+                    targets[c] = self._target(c, Q, S, quantities)
             op = OPS[k] if self.model.config.c2_labels == "ops" else "add"
-            out.append(Step(Op(op), [operands[c] for c in picks], span=tuple(groups[s]) if groups[s] else None))
+            out.append(Step(Op(op), [targets[c][0] for c in picks], span=tuple(groups[s]) if groups[s] else None))
         return Graph(question, quantities, out, goal)
