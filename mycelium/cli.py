@@ -468,21 +468,40 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
              wiring_weight: float = typer.Option(1.0, help="weight of C5's wiring score"),
              plan: str = PlanOpt, plan_weight: float = typer.Option(1.0, help="weight of C1's plan score"),
              scorer: bool = typer.Option(True, "--scorer/--no-scorer", help="rank with the model's scorer.json if any"),
-             source: str = SourceOpt, root: Optional[str] = RootOpt):
-    """Accuracy, oracle@k (diagnostic), error attribution and problems/s; JSON Lines + HTML report."""
+             source: str = SourceOpt, root: Optional[str] = RootOpt,
+             fresh: bool = typer.Option(False, help="solve everything again, ignoring the answers of a killed run")):
+    """Accuracy, oracle@k (diagnostic), error attribution and problems/s; JSON Lines + HTML report.
+
+    Answers are saved as they come (in <out>/partial/); a killed evaluation
+    started again with the same model and settings goes on where it stopped."""
+    import hashlib
+    from dataclasses import asdict
     from pathlib import Path
 
     from .data import load, splits
     from .evaluate import evaluate, table, write
+    from .scorer import provenance
 
     names = [d.strip() for d in dataset.split(",") if d.strip()]
     which = {n: split if split in splits(n) else "test" for n in names}  # test-only datasets use test
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
     solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
                      plan_weight=plan_weight, scorer=scorer)
-    results = [evaluate(solver, ps, f"{n}/{which[n]}", progress=True) for n, ps in problems.items()]
     folder = Path(out) if out else Path(model).parent.parent / "eval"
+    scorer_file = Path(model) / "scorer.json"
+    made_by = provenance(Path(model), solver=asdict(solver.config),
+                         scorer=hashlib.sha1(scorer_file.read_bytes()).hexdigest() if solver.scorer else None)
+    partial = {n: folder / "partial" / f"{n}_{which[n]}.jsonl" for n in names}
+    for path in partial.values() if fresh else ():
+        path.unlink(missing_ok=True)
+    results = [evaluate(solver, ps, f"{n}/{which[n]}", progress=True, resume=partial[n],
+                        fingerprint={**made_by, "dataset": f"{n}/{which[n]}", "source": source})
+               for n, ps in problems.items()]
     index = write(results, folder)
+    for path in partial.values():  # the report holds every answer now
+        path.unlink(missing_ok=True)
+    if (folder / "partial").is_dir() and not any((folder / "partial").iterdir()):
+        (folder / "partial").rmdir()
     typer.echo(table(results))
     typer.echo(f"wrote {index}")
 

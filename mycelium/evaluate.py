@@ -25,12 +25,18 @@ in pipeline order:
 
 Without a reference graph only refused, executor and goal can be told apart;
 the rest is "unattributed".
+
+Answers are appended to a resume file as they are graded (`mycelium eval`
+keeps them in `<out>/partial/` until the report is written), so a killed
+evaluation goes on where it stopped when started again with the same model
+and settings.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -114,28 +120,80 @@ class Result:
                 "attribution (share of wrong answers)": {c: n / wrong for c, n in self.attribution().most_common()}}
 
 
-def evaluate(solver, problems: list[Problem], name: str, progress: bool = True) -> Result:
-    """Solve every problem from its question alone, then grade and attribute."""
-    t0 = time.monotonic()
-    sols = list(solver.solve_each([p.question for p in problems], f"eval {name}", progress))
-    seconds = time.monotonic() - t0
-    rows = []
-    for p, s in zip(problems, sols):
-        latex = bool(dataset_spec(p.dataset)["answer"].get("latex"))
-        try:
-            ref = reference_graph(p)
-        except AnnotationError:
-            ref = None
-        correct = answers_match(s.answer, p.answer, latex)
-        rows.append({"id": p.id, "question": p.question, "gold": p.answer,
-                     "answer": None if s.answer is None else str(s.answer), "correct": correct,
-                     "oracle": any(answers_match(c["answer"], p.answer, latex) for c in s.candidates),
-                     "candidates": len(s.candidates), "reason": s.reason,
-                     "attribution": None if correct else attribute(s, ref, p.answer),
-                     "spans": [list(x) for x in s.spans], "score": s.score,
-                     "graph": s.graph.to_json() if s.graph else None,
-                     "reference": ref.to_json() if ref else None})
-    return Result(name, rows, seconds)
+def evaluate(solver, problems: list[Problem], name: str, progress: bool = True, resume: Path | None = None,
+             fingerprint: dict | None = None) -> Result:
+    """Solve every problem from its question alone, then grade and attribute.
+
+    With `resume`, each graded row is appended to that file as soon as it is
+    ready, under a first line holding `fingerprint` (what made the answers: the
+    model, the scorer, the solver's settings). Started again after a kill with
+    the same fingerprint, it solves only the problems the file lacks; with
+    another fingerprint it starts over.
+    """
+    done, seconds = _resumable(resume, fingerprint) if resume else ({}, {})
+    todo = [p for p in problems if p.id not in done or done[p.id]["question"] != p.question]
+    if resume and len(todo) < len(problems):
+        print(f"eval {name}: resuming, {len(problems) - len(todo)} of {len(problems)} problems already graded in {resume}",
+              file=sys.stderr)
+    log = _restart_log(resume, fingerprint, done, seconds) if resume else None
+    last = time.monotonic()
+    try:
+        for p, s in zip(todo, solver.solve_each([p.question for p in todo], f"eval {name}", progress)):
+            done[p.id] = grade(p, s)
+            now = time.monotonic()
+            seconds[p.id], last = now - last, now  # batched: most answers come at no extra time after the first
+            if log:
+                log.write(json.dumps({**done[p.id], "seconds": seconds[p.id]}, ensure_ascii=False) + "\n")
+                log.flush()  # a kill loses at most the row being written
+    finally:
+        if log:
+            log.close()
+    return Result(name, [done[p.id] for p in problems], sum(seconds[p.id] for p in problems))
+
+
+def grade(p: Problem, s) -> dict:
+    """One problem's row: the solver's answer and graph against gold and the reference graph."""
+    latex = bool(dataset_spec(p.dataset)["answer"].get("latex"))
+    try:
+        ref = reference_graph(p)
+    except AnnotationError:
+        ref = None
+    correct = answers_match(s.answer, p.answer, latex)
+    return {"id": p.id, "question": p.question, "gold": p.answer,
+            "answer": None if s.answer is None else str(s.answer), "correct": correct,
+            "oracle": any(answers_match(c["answer"], p.answer, latex) for c in s.candidates),
+            "candidates": len(s.candidates), "reason": s.reason,
+            "attribution": None if correct else attribute(s, ref, p.answer),
+            "spans": [list(x) for x in s.spans], "score": s.score,
+            "graph": s.graph.to_json() if s.graph else None,
+            "reference": ref.to_json() if ref else None}
+
+
+def _resumable(path: Path, fingerprint: dict | None) -> tuple[dict, dict]:
+    """Rows (and their seconds) by problem id from an earlier, killed run with the same fingerprint."""
+    if not path.is_file():
+        return {}, {}
+    rows, seconds = {}, {}
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the line a kill cut short
+                continue
+            if i == 0 and row != {"fingerprint": json.loads(json.dumps(fingerprint))}:
+                return {}, {}  # made by another model or other settings
+            if i > 0 and isinstance(row, dict) and "id" in row:
+                seconds[row["id"]] = row.pop("seconds", 0.0)
+                rows[row["id"]] = row
+    return rows, seconds
+
+
+def _restart_log(path: Path, fingerprint: dict | None, done: dict, seconds: dict):
+    """The resume file rewritten whole (header and the rows kept, no cut line), then open to append."""
+    lines = [json.dumps({"fingerprint": fingerprint})] + [
+        json.dumps({**row, "seconds": seconds[i]}, ensure_ascii=False) for i, row in done.items()]
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
+    return open(path, "a", encoding="utf-8")
 
 
 def table(results: list[Result]) -> str:

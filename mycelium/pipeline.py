@@ -13,7 +13,7 @@ Every stage is the CLI command of the same name, run in-process, and every
 stage is cached: traces resume (problems already traced are skipped), the
 signals report and the labels are rebuilt only when what they were made from
 (trace count and configuration, the report's hash) changed, training resumes from its checkpoint (and starts over when
-its labels changed), the scorer is refitted unless it was fitted on these weights with these settings, and evaluation always runs. A killed run started again
+its labels changed), the scorer is refitted unless it was fitted on these weights with these settings, and evaluation always runs, but goes on from the answers a killed evaluation saved. A killed run started again
 with the same command continues where it stopped.
 
 Presets are data (`PRESETS`, or a YAML file given to `--config`).

@@ -75,6 +75,46 @@ def test_gsm8k_reference_attribution_on_a_real_problem():
     assert attribute(sol, ref, p.answer) == "operation"
 
 
+class _Solver:
+    """Answers gold for every other problem (by its place in GSM8K test) and is killed (KeyboardInterrupt) after `stop`."""
+
+    def __init__(self, stop=None):
+        self.stop, self.asked = stop, []
+
+    def solve_each(self, questions, desc="", progress=True):
+        from mycelium.data import load
+
+        gold = {p.question: (k, p.answer) for k, p in enumerate(load("gsm8k", "test")[:5])}
+        for n, text in enumerate(questions):
+            if n == self.stop:
+                raise KeyboardInterrupt
+            self.asked.append(text)
+            k, answer = gold[text]
+            yield Solution(text, sympy.Integer(answer) if k % 2 else None, None, [], reason=None if k % 2 else "no")
+
+
+def test_a_killed_evaluation_resumes_where_it_stopped(tmp_path):
+    from mycelium.data import load
+    from mycelium.evaluate import evaluate
+
+    problems, log = load("gsm8k", "test")[:5], tmp_path / "partial" / "gsm8k_test.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(_Solver(stop=3), problems, "gsm8k/test", False, log, {"model": "a"})
+    kept = log.read_text().splitlines()
+    assert json.loads(kept[0]) == {"fingerprint": {"model": "a"}} and len(kept) == 4  # header + 3 graded rows
+    log.write_text(log.read_text() + '{"id": "gsm8k/te')  # a kill in the middle of a line
+    again = _Solver()
+    result = evaluate(again, problems, "gsm8k/test", False, log, {"model": "a"})
+    assert again.asked == [p.question for p in problems[3:]]  # only what the killed run had not graded
+    assert [r["id"] for r in result.rows] == [p.id for p in problems] and result.seconds > 0
+    assert [r["correct"] for r in result.rows] == [False, True, False, True, False]  # order kept across the two runs
+    fresh = evaluate(_Solver(), problems, "gsm8k/test", False, tmp_path / "clean.jsonl", {"model": "a"})
+    assert result.rows == fresh.rows  # the same report as one uninterrupted run
+    other = _Solver()
+    evaluate(other, problems, "gsm8k/test", False, log, {"model": "b"})  # another model: nothing is reused
+    assert len(other.asked) == 5
+
+
 @pytest.fixture(scope="module")
 def report(trained_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
@@ -97,6 +137,7 @@ def test_eval_writes_rows_summary_and_pages(report):
     summary = json.loads((out / "summary.json").read_text())
     assert [s["dataset"] for s in summary] == ["gsm8k/test", "asdiv/test", "mawps/test"]
     assert (out / "pages" / "gsm8k_test_0.html").is_file() and (out / "pages" / "mawps_test_5.html").is_file()
+    assert not (out / "partial").exists()  # the resume files go once the report holds every answer
 
 
 @pytest.mark.slow
