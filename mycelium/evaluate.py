@@ -29,7 +29,8 @@ the rest is "unattributed".
 Answers are appended to a resume file as they are graded (`mycelium eval`
 keeps them in `<out>/partial/` until the report is written), so a killed
 evaluation goes on where it stopped when started again with the same model
-and settings.
+and settings. The solver hands answers over in question order a window at a
+time (`SolverConfig.window` batches), so a kill loses at most that window.
 """
 
 from __future__ import annotations
@@ -145,6 +146,11 @@ def evaluate(solver, problems: list[Problem], name: str, progress: bool = True, 
             if log:
                 log.write(json.dumps({**done[p.id], "seconds": seconds[p.id]}, ensure_ascii=False) + "\n")
                 log.flush()  # a kill loses at most the row being written
+    except KeyboardInterrupt:
+        if log:
+            print(f"\neval {name}: stopped; {len(done)} answers kept in {resume}: the same command goes on from there",
+                  file=sys.stderr)
+        raise
     finally:
         if log:
             log.close()
