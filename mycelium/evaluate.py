@@ -37,11 +37,14 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .answer import answers_match
 from .data import Problem, dataset_spec
@@ -168,11 +171,27 @@ def grade(p: Problem, s) -> dict:
     return {"id": p.id, "question": p.question, "gold": p.answer,
             "answer": None if s.answer is None else str(s.answer), "correct": correct,
             "oracle": any(answers_match(c["answer"], p.answer, latex) for c in s.candidates),
-            "candidates": len(s.candidates), "reason": s.reason,
+            "candidates": len(s.candidates), "top_answers": top_answers(s.candidates, p.answer, latex), "reason": s.reason,
             "attribution": None if correct else attribute(s, ref, p.answer),
             "spans": [list(x) for x in s.spans], "score": s.score,
             "graph": s.graph.to_json() if s.graph else None,
             "reference": ref.to_json() if ref else None}
+
+
+def top_answers(candidates: list[dict], gold, latex: bool = False, k: int = 5) -> list[dict]:
+    """The k answers with the most softmax mass over the executed candidates' scores (how the solver picks
+    when it has a learned scorer), each with its share, its candidate count and whether it is gold (diagnostic)."""
+    mass: dict = {}
+    for c in candidates:
+        if c.get("ok") and c.get("answer") is not None and math.isfinite(c["score"]):
+            n, m = mass.get(c["answer"], (0, -math.inf))
+            mass[c["answer"]] = (n + 1, float(np.logaddexp(m, c["score"])))
+    if not mass:
+        return []
+    total = float(np.logaddexp.reduce([m for _, m in mass.values()]))
+    best = sorted(mass.items(), key=lambda kv: -kv[1][1])[:k]
+    return [{"answer": str(a), "share": math.exp(m - total), "candidates": n, "gold": answers_match(a, gold, latex)}
+            for a, (n, m) in best]
 
 
 def _resumable(path: Path, fingerprint: dict | None) -> tuple[dict, dict]:
@@ -219,7 +238,9 @@ _STYLE = """body { font-family: system-ui, sans-serif; max-width: 1000px; margin
 .box { border: 1px solid #ddd; border-radius: 6px; padding: 0.8em 1em; background: #fafafa; }
 .region { border-radius: 3px; padding: 1px 0; } pre { white-space: pre-wrap; }
 table { border-collapse: collapse; } td, th { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: left; }
-.ok { color: #2e7d32; } .bad { color: #c62828; }"""
+.ok { color: #2e7d32; } .bad { color: #c62828; }
+.bar, .seg { display: inline-block; height: 0.9em; vertical-align: middle; }
+.stack { white-space: nowrap; } .key { width: 0.9em; margin: 0 0.2em 0 0.8em; } .legend { font-size: 0.9em; }"""
 
 
 def _page(row: dict) -> str:
@@ -237,8 +258,46 @@ def _page(row: dict) -> str:
 <h2>Problem, with each predicted step's span</h2><div class="box" id="problem">{problem_html(row['question'], found)}</div>
 <h2>Predicted graph</h2><pre class="box" id="graph">{html.escape(graph_text)}</pre>
 <h2>Reference graph (from the dataset's solution; never shown to the solver)</h2><pre class="box">{html.escape(ref)}</pre>
-<p>{row['candidates']} candidates ranked; gold among them: {'yes' if row['oracle'] else 'no'} (diagnostic).</p>
+<h2>The answers the solver weighed</h2>
+<p>{row['candidates']} candidates ranked; gold among them: {'yes' if row['oracle'] else 'no'} (diagnostic).
+Each answer's share is its part of the ranking's softmax mass, summed over the candidates that reach it.</p>
+{_answers_table(row.get('top_answers') or [])}
 </body></html>"""
+
+
+def _bar(share: float, colour: str = "#5c8dd6") -> str:
+    return f'<span class="bar" style="width:{200 * share:.0f}px;background:{colour}"></span>'
+
+
+def _answers_table(top: list[dict]) -> str:
+    if not top:
+        return "<p>(no candidate executed)</p>"
+    rows = "".join(f'<tr class="{"ok" if a["gold"] else ""}"><td>{html.escape(a["answer"])}</td>'
+                   f'<td>{_bar(a["share"])} {100 * a["share"]:.1f}%</td><td>{a["candidates"]}</td>'
+                   f'<td>{"gold" if a["gold"] else ""}</td></tr>' for a in top)
+    return (f'<table id="answers"><tr><th>answer</th><th>share</th><th>candidates</th>'
+            f'<th>gold (diagnostic)</th></tr>{rows}</table>')
+
+
+# One colour per component, the same on every report: the eye learns them.
+_COMPONENT_COLOURS = dict(zip(COMPONENTS, ["#e6a23c", "#d9534f", "#8e6cc0", "#4aa3df", "#5cb85c", "#20a39e",
+                                           "#555555", "#999999", "#c0c0c0", "#dddddd"]))
+
+
+def _summary_html(results: list[Result]) -> str:
+    """Accuracy per dataset, and its wrong answers as one bar split by first wrong component."""
+    rows = []
+    for r in results:
+        wrong = max(sum(r.attribution().values()), 1)
+        parts = "".join(f'<span class="seg" style="width:{300 * n / wrong:.1f}px;background:{_COMPONENT_COLOURS[c]}" '
+                        f'title="{c}: {100 * n / wrong:.1f}%"></span>' for c, n in r.attribution().most_common())
+        rows.append(f"<tr><td>{html.escape(r.dataset)}</td><td>{len(r.rows)}</td><td><b>{100 * r.accuracy:.1f}%</b></td>"
+                    f"<td>{100 * r.oracle:.1f}%</td><td>{r.rate:.1f}</td><td class=\"stack\">{parts}</td></tr>")
+    used = [c for c in COMPONENTS if any(r.attribution()[c] for r in results)]
+    legend = " ".join(f'<span class="seg key" style="background:{_COMPONENT_COLOURS[c]}"></span>{c}' for c in used)
+    return (f'<table id="summary"><tr><th>dataset</th><th>n</th><th>accuracy</th><th>oracle@k (diagnostic)</th>'
+            f'<th>problems/s</th><th>wrong answers by first wrong component (diagnostic)</th></tr>{"".join(rows)}</table>'
+            f'<p class="legend">{legend}</p>')
 
 
 def _slug(problem_id: str) -> str:
@@ -263,7 +322,8 @@ def write(results: list[Result], out: Path) -> Path:
     atomic_write(out / "summary.json", json.dumps(summary, indent=1).encode())
     index = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Mycelium evaluation</title>
 <style>{_STYLE}</style></head><body><h1 id="title">Mycelium evaluation</h1>
-<pre class="box" id="summary">{html.escape(table(results))}</pre>
+{_summary_html(results)}
+<details><summary>as text</summary><pre class="box">{html.escape(table(results))}</pre></details>
 <table id="problems"><tr><th>problem</th><th>answer</th><th>gold</th><th>verdict / first wrong component</th></tr>
 {''.join(index_rows)}</table></body></html>"""
     atomic_write(out / "index.html", index.encode())

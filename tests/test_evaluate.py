@@ -75,6 +75,19 @@ def test_gsm8k_reference_attribution_on_a_real_problem():
     assert attribute(sol, ref, p.answer) == "operation"
 
 
+def test_top_answers_share_the_ranking_mass_by_answer():
+    from math import log
+
+    from mycelium.evaluate import top_answers
+
+    cands = [{"answer": sympy.Integer(6), "score": log(2), "ok": True}, {"answer": sympy.Integer(6), "score": log(1), "ok": True},
+             {"answer": sympy.Integer(9), "score": log(1), "ok": True}, {"answer": None, "score": 5.0, "ok": False}]
+    top = top_answers(cands, "9")
+    assert [(a["answer"], a["candidates"], a["gold"]) for a in top] == [("6", 2, False), ("9", 1, True)]
+    assert [round(a["share"], 6) for a in top] == [0.75, 0.25]  # the failed candidate holds no mass
+    assert top_answers([], "9") == [] and len(top_answers(cands, "9", k=1)) == 1
+
+
 class _Solver:
     """Answers gold for every other problem (by its place in GSM8K test) and is killed (KeyboardInterrupt) after `stop`."""
 
@@ -133,6 +146,7 @@ def test_eval_writes_rows_summary_and_pages(report):
     assert len(rows) == 6 and {"id", "answer", "gold", "correct", "oracle", "attribution", "graph", "reference"} <= set(rows[0])
     assert all(r["correct"] or r["attribution"] for r in rows)
     assert all(r["reference"] for r in rows)  # GSM8K has reference graphs; ASDiv has them from its formulas
+    assert all(0 < sum(a["share"] for a in r["top_answers"]) <= 1 + 1e-9 for r in rows if r["answer"] is not None)
     assert any(json.loads(x)["reference"] for x in (out / "asdiv_test.jsonl").read_text().split("\n") if x)
     summary = json.loads((out / "summary.json").read_text())
     assert [s["dataset"] for s in summary] == ["gsm8k/test", "asdiv/test", "mawps/test"]
@@ -151,7 +165,7 @@ def test_eval_report_renders_in_headless_chromium(report, tmp_path):
     page = out / "pages" / "gsm8k_test_0.html"
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={user}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
-    for element in ('id="verdict"', 'id="problem"', 'id="graph"', "Reference graph"):
+    for element in ('id="verdict"', 'id="problem"', 'id="graph"', "Reference graph", 'id="answers"'):
         assert element in dom, element
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={user}", f"--screenshot={shot}", "--window-size=1100,900",
