@@ -304,6 +304,33 @@ def _slug(problem_id: str) -> str:
     return problem_id.replace("/", "_")
 
 
+def _select(name: str, values: list[str]) -> str:
+    options = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
+    return f'<label>{name} <select id="{name}"><option value="">all</option>{options}</select></label>'
+
+
+# Thousands of rows: a person wants "the grouping errors on ASDiv", not a scroll.
+_FILTER_JS = """
+const rows = [...document.querySelectorAll('#problems tr[data-set]')];
+function filter() {
+  const set = document.getElementById('set').value, verdict = document.getElementById('verdict').value;
+  let n = 0;
+  for (const r of rows) {
+    const show = (!set || r.dataset.set === set) && (!verdict || r.dataset.verdict === verdict);
+    r.style.display = show ? '' : 'none'; n += show;
+  }
+  document.getElementById('shown').textContent = n + ' of ' + rows.length + ' shown';
+}
+document.getElementById('set').onchange = document.getElementById('verdict').onchange = filter;
+// index.html#verdict=grouping&set=asdiv/test opens filtered: a link to a set of errors
+for (const [k, v] of new URLSearchParams(location.hash.slice(1))) {
+  const el = document.getElementById(k);
+  if (el) el.value = v;
+}
+filter();
+"""
+
+
 def write(results: list[Result], out: Path) -> Path:
     """Per-problem JSON Lines, a summary, and an HTML report (index + one page per problem)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -314,8 +341,10 @@ def write(results: list[Result], out: Path) -> Path:
                      "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in r.rows).encode())
         for x in r.rows:
             atomic_write(out / "pages" / f"{_slug(x['id'])}.html", _page(x).encode())
+            verdict = "correct" if x["correct"] else str(x["attribution"])
             index_rows.append(
-                f'<tr class="{"ok" if x["correct"] else "bad"}"><td><a href="pages/{_slug(x["id"])}.html">{html.escape(x["id"])}</a></td>'
+                f'<tr class="{"ok" if x["correct"] else "bad"}" data-set="{html.escape(r.dataset)}" '
+                f'data-verdict="{html.escape(verdict)}"><td><a href="pages/{_slug(x["id"])}.html">{html.escape(x["id"])}</a></td>'
                 f'<td>{html.escape(str(x["answer"]))}</td><td>{html.escape(str(x["gold"]))}</td>'
                 f'<td>{"✓" if x["correct"] else html.escape(str(x["attribution"]))}</td></tr>')
     summary = [r.summary() for r in results]
@@ -324,7 +353,11 @@ def write(results: list[Result], out: Path) -> Path:
 <style>{_STYLE}</style></head><body><h1 id="title">Mycelium evaluation</h1>
 {_summary_html(results)}
 <details><summary>as text</summary><pre class="box">{html.escape(table(results))}</pre></details>
+<h2>Problems</h2>
+<p id="filters">{_select("set", [r.dataset for r in results])} {_select("verdict", ["correct", *COMPONENTS])}
+<span id="shown"></span></p>
 <table id="problems"><tr><th>problem</th><th>answer</th><th>gold</th><th>verdict / first wrong component</th></tr>
-{''.join(index_rows)}</table></body></html>"""
+{''.join(index_rows)}</table>
+<script>{_FILTER_JS}</script></body></html>"""
     atomic_write(out / "index.html", index.encode())
     return out / "index.html"

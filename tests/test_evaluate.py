@@ -162,6 +162,12 @@ def test_eval_report_renders_in_headless_chromium(report, tmp_path):
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={user}", "--dump-dom", (out / "index.html").as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     assert 'id="summary"' in dom and 'id="problems"' in dom and "pages/gsm8k_test_0.html" in dom
+    assert "18 of 18 shown" in dom  # 6 problems from each of 3 sets
+    wrong = sum(not json.loads(x)["correct"] for x in (out / "asdiv_test.jsonl").read_text().split("\n") if x)
+    url = (out / "index.html").as_uri() + "#set=asdiv/test&verdict="
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={user}", "--dump-dom", url + "correct"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f"{6 - wrong} of 18 shown" in dom  # a link opens the report filtered
     page = out / "pages" / "gsm8k_test_0.html"
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={user}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
