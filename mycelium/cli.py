@@ -423,6 +423,7 @@ BatchOpt = typer.Option(32, "--batch-size", help="questions per encoder pass")
 def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
           model: str = ModelOpt,
           file: Optional[str] = typer.Option(None, "--file", help="JSON Lines with a 'question' per row"),
+          out_file: Optional[str] = typer.Option(None, "--out", help="with --file: write the answers here (resumes if killed), not to stdout"),
           as_json: bool = typer.Option(False, "--json"),
           beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, plan: str = PlanOpt):
     """Answer from the question text alone: answer, operation graph, source spans."""
@@ -433,6 +434,8 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
 
     if text is None and not file:
         raise BadInput("give the problem text, or --file problems.jsonl")
+    if out_file and not file:
+        raise BadInput("--out goes with --file (one question prints its answer)")
     if text is not None:
         check_question(text)  # before the model loads: bad input fails fast
     if file and not Path(file).exists():
@@ -443,8 +446,21 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
 
         rows = [r for _, r, err in read_jsonl(Path(file)) if not err and isinstance(r, dict)]
         questions = [r.get("question") for r in rows]
-        for q, out in zip(questions, solver.solve_each(questions)):
-            typer.echo(json.dumps({"question": q, **out.to_json()}, ensure_ascii=False))
+        done = _answered(Path(out_file), questions) if out_file else 0
+        sink = open(out_file, "a", encoding="utf-8") if out_file else None
+        try:
+            for q, out in zip(questions[done:], solver.solve_each(questions[done:])):
+                line = json.dumps({"question": q, **out.to_json()}, ensure_ascii=False)
+                if sink:
+                    sink.write(line + "\n")
+                    sink.flush()  # a kill loses at most the line being written
+                else:
+                    typer.echo(line)
+        finally:
+            if sink:
+                sink.close()
+        if out_file:
+            typer.echo(f"wrote {len(questions)} answers to {out_file}", err=True)
         return
     out = solver.solve(text)
     if as_json:
@@ -456,6 +472,30 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
         typer.echo(render(out.graph, execute(out.graph).values))
         typer.echo("\nspans: " + " | ".join(f"“{text[a:b]}”" for a, b in out.spans))
     typer.echo(f"\nanswer: {out.answer}" if out.answer is not None else f"\nno answer: {out.reason}")
+
+
+def _answered(path, questions: list) -> int:
+    """How many of `questions`, from the first, an earlier run already answered in `path`; the file is
+    cut back to exactly those lines (a kill can leave half a line)."""
+    from .store import atomic_write
+
+    if not path.is_file():
+        return 0
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if len(kept) >= len(questions) or not isinstance(row, dict) or row.get("question") != questions[len(kept)]:
+            break
+        kept.append(line)
+    if not kept and path.stat().st_size:
+        raise BadInput(f"{path} holds answers to other questions: remove it or choose another --out")
+    atomic_write(path, "".join(x + "\n" for x in kept).encode())
+    if kept:
+        typer.echo(f"resuming: {len(kept)} of {len(questions)} questions already answered in {path}", err=True)
+    return len(kept)
 
 
 @app.command("eval")

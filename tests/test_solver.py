@@ -183,3 +183,21 @@ def test_solve_cli(model_dir, tmp_path):
     lines = [json.loads(x) for x in batch.stdout.splitlines()]
     assert batch.returncode == 0 and len(lines) == 2 and lines[1]["reason"] == "question is empty"
     assert run("--file", str(tmp_path / "nope.jsonl"), "--model", str(model_dir)).returncode == 2
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps({"question": q}) + "\n" for q in [
+        "Ann has 2 cats and 3 dogs. How many pets?", "Bo reads 4 pages a day for 5 days. How many pages?",
+        "A box holds 12 eggs. How many eggs are in 3 boxes?"]))
+    out = tmp_path / "answers.jsonl"
+    whole = run("--file", str(more), "--model", str(model_dir), "--out", str(out))
+    assert whole.returncode == 0 and whole.stdout == "" and "wrote 3 answers" in whole.stderr
+    answers = out.read_text().splitlines()
+    out.write_text(answers[0] + "\n" + answers[1][:20])  # killed while writing the second answer
+    again = run("--file", str(more), "--model", str(model_dir), "--out", str(out))
+    assert again.returncode == 0 and "resuming: 1 of 3" in again.stderr
+    assert out.read_text().splitlines() == answers  # the same file as one uninterrupted run
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"question": "Cy has 7 pens and gives away 2. How many are left?"}) + "\n")
+    clash = run("--file", str(other), "--model", str(model_dir), "--out", str(out))
+    assert clash.returncode == 2 and "holds answers to other questions" in clash.stderr
+    assert out.read_text().splitlines() == answers  # nothing of the user's is overwritten
+    assert run("x", "--model", str(model_dir), "--out", str(out)).returncode == 2
