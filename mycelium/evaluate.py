@@ -135,7 +135,7 @@ def evaluate(solver, problems: list[Problem], name: str, progress: bool = True, 
     another fingerprint it starts over.
     """
     done, seconds = _resumable(resume, fingerprint) if resume else ({}, {})
-    todo = [p for p in problems if p.id not in done or done[p.id]["question"] != p.question]
+    todo = [p for p in problems if p.id not in done or done[p.id].get("question") != p.question]
     if resume and len(todo) < len(problems):
         print(f"eval {name}: resuming, {len(problems) - len(todo)} of {len(problems)} problems already graded in {resume}",
               file=sys.stderr)
@@ -204,9 +204,9 @@ def _resumable(path: Path, fingerprint: dict | None) -> tuple[dict, dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # the line a kill cut short
-                continue
+                row = None
             if i == 0 and row != {"fingerprint": json.loads(json.dumps(fingerprint))}:
-                return {}, {}  # made by another model or other settings
+                return {}, {}  # made by another model or other settings (or not a resume file at all)
             if i > 0 and isinstance(row, dict) and "id" in row:
                 seconds[row["id"]] = row.pop("seconds", 0.0)
                 rows[row["id"]] = row
