@@ -523,11 +523,20 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
     from .scorer import provenance
 
     names = [d.strip() for d in dataset.split(",") if d.strip()]
+    if not names:
+        raise BadInput("--dataset names no dataset")
+    if limit is not None and limit < 1:
+        raise BadInput(f"--limit is a number of problems, at least 1 (got {limit})")
+    known = sorted({s for n in names for s in splits(n)})
+    if split not in known:
+        raise BadInput(f"unknown split {split!r}; the splits of {', '.join(names)}: {', '.join(known)}")
     which = {n: split if split in splits(n) else "test" for n in names}  # test-only datasets use test
+    folder = Path(out) if out else Path(model).parent.parent / "eval"
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"--out is the report's folder, and {folder} is a file")
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
     solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
                      plan_weight=plan_weight, scorer=scorer)
-    folder = Path(out) if out else Path(model).parent.parent / "eval"
     scorer_file = Path(model) / "scorer.json"
     made_by = provenance(Path(model), solver=asdict(solver.config),
                          scorer=hashlib.sha1(scorer_file.read_bytes()).hexdigest() if solver.scorer else None)

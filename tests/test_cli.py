@@ -71,6 +71,16 @@ def test_missing_file(tmp_path):
                        "svamp/test.jsonl")
 
 
+def test_eval_bad_arguments(tmp_path):
+    (tmp_path / "file").write_text("")
+    model = ("--model", str(tmp_path / "no-model"))  # each is caught before a model is looked for
+    assert_clean_error(mycelium("eval", "--dataset", ",", *model), "names no dataset")
+    assert_clean_error(mycelium("eval", "--limit", "0", *model), "at least 1")
+    assert_clean_error(mycelium("eval", "--split", "nope", *model), "unknown split 'nope'")
+    assert_clean_error(mycelium("eval", "--dataset", "asdiv", "--split", "dev", *model), "the splits of asdiv: test")
+    assert_clean_error(mycelium("eval", "--out", str(tmp_path / "file"), *model), "is a file")
+
+
 def test_malformed_row_warns_and_loads_the_rest(write_jsonl):
     path = write_jsonl("rows.jsonl", ['{"question": "Ann has 4 pens. How many?", "answer": "#### 4"}', "{oops"])
     proc = mycelium("data", "stats", "gsm8k", "--split", "test", "--source", str(path))
