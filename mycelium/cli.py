@@ -405,11 +405,12 @@ def _solver(model: str, beam: int, groupings: int, batch_size: int, plan: str = 
     from .errors import MissingFile
     from .solver import Solver, SolverConfig
 
-    if not (Path(model) / "model.safetensors").exists():
-        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
     if plan not in ("learned", "enumerate"):
         raise BadInput(f"--plan is learned or enumerate, not {plan!r}")
-    return Solver.load(model, SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size, plan=plan, **more))
+    config = SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size, plan=plan, **more)  # checks the numbers
+    if not (Path(model) / "model.safetensors").exists():
+        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
+    return Solver.load(model, config)
 
 
 ModelOpt = typer.Option("runs/default/models/minilm", "--model", help="a folder written by `mycelium train`")

@@ -80,6 +80,13 @@ class SolverConfig:
     pipeline: bool = True  # the encoder reads the next batch on a thread of its own while this one is finished
     keep_features: bool = False  # keep each candidate's scorer features (to fit a scorer)
 
+    def __post_init__(self):
+        for name in ("groupings", "beam", "batch_size", "window"):
+            if getattr(self, name) < 1:
+                raise BadInput(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not self.time_budget_s > 0:
+            raise BadInput(f"time-budget-s must be above 0 (got {self.time_budget_s})")
+
 
 @dataclass
 class Solution:

@@ -79,6 +79,9 @@ def test_eval_bad_arguments(tmp_path):
     assert_clean_error(mycelium("eval", "--split", "nope", *model), "unknown split 'nope'")
     assert_clean_error(mycelium("eval", "--dataset", "asdiv", "--split", "dev", *model), "the splits of asdiv: test")
     assert_clean_error(mycelium("eval", "--out", str(tmp_path / "file"), *model), "is a file")
+    assert_clean_error(mycelium("eval", "--groupings", "0", "--limit", "2", *model), "groupings must be at least 1")
+    assert_clean_error(mycelium("solve", "x", "--batch-size", "0", *model), "batch-size must be at least 1")
+    assert_clean_error(mycelium("solve", "x", "--beam", "-1", *model), "beam must be at least 1")
 
 
 def test_malformed_row_warns_and_loads_the_rest(write_jsonl):

@@ -38,6 +38,13 @@ def test_groupings_enumerate_merges_duplicates_and_drops():
     assert len(g) == len({tuple(x) for x in g})
 
 
+def test_solver_config_refuses_settings_that_cannot_run():
+    for bad in ({"beam": 0}, {"groupings": -1}, {"batch_size": 0}, {"window": 0}, {"time_budget_s": 0}):
+        with pytest.raises(BadInput, match="must be"):
+            SolverConfig(**bad)
+    assert SolverConfig(beam=1, groupings=1, batch_size=1).beam == 1
+
+
 def test_language_is_read_without_the_numbers():
     # A long repeating decimal reads as Cebuano to fastText; cut out, the words alone are plainly English.
     q = "There is 0.16666666666666666 of a cup of oil in Scarlett's measuring cup. If Scarlett adds 0.6666666666666666 of a cup more, how much oil will be in the measuring cup?"
