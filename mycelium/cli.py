@@ -572,6 +572,16 @@ def scorer_cmd(model: str = ModelOpt,
     from .data import load
     from .scorer import Scorer, cross_validate, fit, labelled, provenance, top1
 
+    from .errors import MissingFile
+
+    if limit < 0 or (dev_limit is not None and dev_limit < 1):
+        raise BadInput("--limit is 0 (all) or a number of problems; --dev-limit at least 1")
+    if split not in ("fit", "dev"):  # train holds dev, which the scorer is reported on; test is for reported numbers only
+        raise BadInput(f"--split is fit or dev (the scorer is reported on dev; test is for reported numbers only), not {split!r}")
+    if split == "dev" and folds < 2:
+        raise BadInput(f"--folds must be at least 2 to hold anything out (got {folds})")
+    if not (Path(model) / "model.safetensors").exists():
+        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
     limit = limit or None  # 0: all
     path = Path(model) / "scorer.json"
     wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings)

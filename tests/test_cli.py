@@ -84,6 +84,15 @@ def test_eval_bad_arguments(tmp_path):
     assert_clean_error(mycelium("solve", "x", "--beam", "-1", *model), "beam must be at least 1")
 
 
+def test_scorer_bad_arguments(tmp_path):
+    # Each is refused before anything is solved or written: a bad setting must never replace a fitted scorer.
+    model = ("--model", str(tmp_path / "no-model"))
+    assert_clean_error(mycelium("scorer", *model), "no trained specialists")
+    assert_clean_error(mycelium("scorer", "--split", "dev", "--folds", "1", *model), "--folds must be at least 2")
+    assert_clean_error(mycelium("scorer", "--split", "test", *model), "reported numbers only")
+    assert_clean_error(mycelium("scorer", "--limit", "-5", *model), "--limit is 0 (all)")
+
+
 def test_malformed_row_warns_and_loads_the_rest(write_jsonl):
     path = write_jsonl("rows.jsonl", ['{"question": "Ann has 4 pens. How many?", "answer": "#### 4"}', "{oops"])
     proc = mycelium("data", "stats", "gsm8k", "--split", "test", "--source", str(path))
