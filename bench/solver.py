@@ -2,9 +2,9 @@
 
     $ python bench/solver.py --limit 400 --cot-limit 32 --out runs/main/bench-solver.json
     system                             problems   problems/s  accuracy  s/problem
-    mycelium solver (batched)               400        16.97     15.2%     0.0589
-    teacher CoT (smollm2, greedy)            32         0.14      3.1%     6.9041
-    solver / CoT throughput ratio: 117×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
+    mycelium solver (batched)               400        33.42     15.2%     0.0299
+    teacher CoT (smollm2, greedy)            32         0.19      3.1%     5.2236
+    solver / CoT throughput ratio: 175×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
 
 The solver runs on every problem in batches (one encoder pass per batch); the
 teacher generates a greedy chain-of-thought (batched, left-padded) for the
@@ -49,8 +49,15 @@ def main() -> None:
     from mycelium.teacher import Teacher, TeacherConfig
     from mycelium.tracer import final_number
 
-    problems = load(args.dataset, args.split)[: args.limit]
-    solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size))
+    from mycelium.errors import MyceliumError
+
+    try:
+        problems = load(args.dataset, args.split)[: args.limit]
+        if not (Path(args.model) / "model.safetensors").is_file():
+            ap.error(f"no trained specialists in {args.model}: run `mycelium train` first (or pass --model)")
+        solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size))
+    except MyceliumError as e:
+        ap.error(str(e))
     solver.solve_batch([problems[0].question])  # warm-up: spaCy, fastText, first-call allocations
     t0 = time.monotonic()
     sols = list(solver.solve_each([p.question for p in problems], "solver"))
