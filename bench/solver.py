@@ -45,11 +45,10 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
+    from mycelium.errors import MyceliumError
     from mycelium.solver import Solver, SolverConfig
     from mycelium.teacher import Teacher, TeacherConfig
     from mycelium.tracer import final_number
-
-    from mycelium.errors import MyceliumError
 
     try:
         problems = load(args.dataset, args.split)[: args.limit]

@@ -573,9 +573,8 @@ def scorer_cmd(model: str = ModelOpt,
 
     from .answer import answers_match
     from .data import load
-    from .scorer import Scorer, cross_validate, fit, labelled, provenance, top1
-
     from .errors import MissingFile
+    from .scorer import Scorer, cross_validate, fit, labelled, provenance, top1
 
     if limit < 0 or (dev_limit is not None and dev_limit < 1):
         raise BadInput("--limit is 0 (all) or a number of problems; --dev-limit at least 1")

@@ -218,7 +218,7 @@ def get(problem_id: str, source: str = "local", root: str | None = None) -> Prob
     parts = problem_id.split("/")
     if len(parts) != 3 or not parts[2].isdigit():
         raise BadInput(f"bad problem id {problem_id!r}; expected <dataset>/<split>/<row>, e.g. gsm8k/test/0")
-    name, split, row = parts[0], parts[1], int(parts[2])
+    name, split = parts[0], parts[1]
     for p in _load(name, split, source, str(data_root(root))):
         if p.id == problem_id:
             return p

@@ -33,7 +33,7 @@ from .answer import answers_match
 from .clauses import MAX_WIDTH, clause_span, parse, region_clauses
 from .data import Problem
 from .executor import execute
-from .graph import Graph, Source
+from .graph import Source
 from .numbers import parse_number
 from .quality import solution_numbers
 from .reference import AnnotationError, annotations, reference_graph

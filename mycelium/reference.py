@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import sympy
 
 from .answer import answers_match
+from .config import ExecutorConfig
 from .data import Problem, get  # noqa: F401 - `get` is used by the docstring example
 from .errors import BadInput
-from .config import ExecutorConfig
 from .executor import ExecFailure, evaluate_step, execute
 from .graph import Graph, Op, Operand, Source, Step, render  # noqa: F401
 from .numbers import find_quantities, split_division

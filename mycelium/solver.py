@@ -59,7 +59,7 @@ from .executor import execute
 from .graph import Graph, Op, Operand, Source, Step
 from .numbers import find_quantities
 from .scorer import Scorer, by_answer, features
-from .specialists import ANSWER_TYPES, MAX_SLOTS, MAX_STEPS, MAX_WIDTH, OPS, _char_mask, span_masks
+from .specialists import ANSWER_TYPES, MAX_STEPS, MAX_WIDTH, OPS, _char_mask, span_masks
 from .training import load_model
 
 

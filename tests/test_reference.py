@@ -1,5 +1,4 @@
 import pytest
-import sympy
 
 from mycelium.data import get, load
 from mycelium.executor import execute

@@ -2,16 +2,14 @@
 
 import shutil
 import subprocess
-from pathlib import Path
 
-import numpy as np
 import pytest
 
+from mycelium.data import load
 from mycelium.store import TraceStore
 from mycelium.teacher import TeacherConfig
 from mycelium.trace import TraceConfig
 from mycelium.tracer import run_traces
-from mycelium.data import load
 from mycelium.viewer import page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
