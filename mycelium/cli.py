@@ -402,17 +402,22 @@ def train_cmd(run_dir: str = RunOpt,
     typer.echo(f"wrote {out}")
 
 
-def _solver(model: str, beam: int, groupings: int, batch_size: int, plan: str = "learned", **more):
+def _require_model(model: str) -> None:
     from pathlib import Path
 
     from .errors import MissingFile
+
+    if not (Path(model) / "model.safetensors").exists():
+        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
+
+
+def _solver(model: str, beam: int, groupings: int, batch_size: int, plan: str = "learned", **more):
     from .solver import Solver, SolverConfig
 
     if plan not in ("learned", "enumerate"):
         raise BadInput(f"--plan is learned or enumerate, not {plan!r}")
     config = SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size, plan=plan, **more)  # checks the numbers
-    if not (Path(model) / "model.safetensors").exists():
-        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
+    _require_model(model)
     return Solver.load(model, config)
 
 
@@ -573,7 +578,6 @@ def scorer_cmd(model: str = ModelOpt,
 
     from .answer import answers_match
     from .data import load
-    from .errors import MissingFile
     from .scorer import Scorer, cross_validate, fit, labelled, provenance, top1
 
     if limit < 0 or (dev_limit is not None and dev_limit < 1):
@@ -582,8 +586,7 @@ def scorer_cmd(model: str = ModelOpt,
         raise BadInput(f"--split is fit or dev (the scorer is reported on dev; test is for reported numbers only), not {split!r}")
     if split == "dev" and folds < 2:
         raise BadInput(f"--folds must be at least 2 to hold anything out (got {folds})")
-    if not (Path(model) / "model.safetensors").exists():
-        raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
+    _require_model(model)
     limit = limit or None  # 0: all
     path = Path(model) / "scorer.json"
     wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings)
