@@ -390,7 +390,7 @@ def train_cmd(run_dir: str = RunOpt,
     elif c2_labels != "ops":
         raise BadInput(f"unknown C2 label set {c2_labels!r}; use ops or templates")
     model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants, c2_labels=c2_labels,
-                                                n_templates=n_templates))
+                                                n_templates=n_templates), seed=seed)
     out = run / "models" / backbone.replace("/", "_")
     state = train(model, train_set, dev, cfg, out, heads)
     best = max(state["history"], key=lambda h: h["score"])

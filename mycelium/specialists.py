@@ -85,7 +85,9 @@ class Specialists(nn.Module):
         self.c6_type = nn.Linear(d, len(ANSWER_TYPES))
 
     @classmethod
-    def create(cls, config: SpecialistConfig) -> "Specialists":
+    def create(cls, config: SpecialistConfig, seed: int | None = None) -> "Specialists":
+        """The backbone's pretrained weights and new heads; `seed` seeds the heads' initial weights (None:
+        torch's generator as it stands), so that a seeded training run starts from the same model every time."""
         from transformers import AutoModel, AutoTokenizer
 
         from .teacher import EMBEDDED as TEACHER, resolve
@@ -101,6 +103,8 @@ class Specialists(nn.Module):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "right"  # the solver slices padded reads; positions must not shift
+        if seed is not None:
+            torch.manual_seed(seed)
         return cls(enc, tok, config)
 
     def read(self, input_ids, attention_mask):

@@ -4,7 +4,7 @@
     epoch 1: 100%|██████████| 94/94 [00:41<00:00, 2.27batch/s, loss=3.1]
     dev: c1_token_f1 0.71  c2_accuracy 0.80  c3_operand_accuracy 0.62 ...
 
-Seeded; the dev split (GSM8K dev ids) decides early stopping; the best model
+Seeded (the new heads by `mycelium train --seed`, the batches by the loop); the dev split (GSM8K dev ids) decides early stopping; the best model
 is saved as safetensors with a JSON config; after every epoch a checkpoint
 (weights, optimizer moments and the loop's position, all safetensors + JSON)
 lets a killed run resume where it stopped.

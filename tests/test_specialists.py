@@ -48,9 +48,19 @@ SECOND = {
 @pytest.fixture(scope="module")
 def fresh():
     def make():
-        torch.manual_seed(0)
-        return Specialists.create(SpecialistConfig(constants=["1/100", "365"]))
+        return Specialists.create(SpecialistConfig(constants=["1/100", "365"]), seed=0)
     return make
+
+
+def test_a_seed_fixes_the_new_heads(fresh):
+    a, b = fresh(), fresh()
+    torch.manual_seed(123)  # whatever the generator held before, the seed decides
+    c = Specialists.create(SpecialistConfig(constants=["1/100", "365"]), seed=1)
+    for name, w in a.state_dict().items():
+        assert torch.equal(w, b.state_dict()[name]), name
+    heads = [n for n in a.state_dict() if not n.startswith("encoder.")]
+    assert heads and any(not torch.equal(a.state_dict()[n], c.state_dict()[n]) for n in heads)
+    assert all(torch.equal(a.state_dict()[n], c.state_dict()[n]) for n in a.state_dict() if n.startswith("encoder."))
 
 
 def test_encode_targets(fresh):
