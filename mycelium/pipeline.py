@@ -42,6 +42,7 @@ class PipelineConfig:
     signals_limit: int = 500  # traces the signals report reads
     epochs: int = 8
     batch_size: int = 16
+    seed: int = 0  # the specialists' new heads and batch order: one seed, one model
     eval_datasets: list[str] = field(default_factory=lambda: ["gsm8k", "asdiv", "mawps"])
     eval_limit: int | None = None  # first N problems of each evaluation set (None: all)
     beam: int = 4
@@ -92,7 +93,7 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     else:
         stage("labels build", ["labels", "build", "--regions", cfg.regions, *common])
     stage("train", ["train", "--backbone", cfg.backbone, "--epochs", str(cfg.epochs),
-                    "--batch-size", str(cfg.batch_size), *common])
+                    "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed), *common])
     model = run_dir / "models" / cfg.backbone.replace("/", "_")
     stage("scorer", ["scorer", "--model", str(model), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
                      "--limit", str(cfg.scorer_limit or 0),  # the command keeps a scorer fitted with these settings

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from safetensors import safe_open
 
 from mycelium.pipeline import PRESETS
 
@@ -25,7 +26,7 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg = tmp_path / "small.yaml"
     cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8,
                                    "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8, "scorer_dev_limit": 4,
-                                   "eval_datasets": ["gsm8k", "asdiv"]}))
+                                   "eval_datasets": ["gsm8k", "asdiv"], "seed": 3}))
     first = mycelium("run", "--config", str(cfg))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "acc %" in first.stdout and "eval/index.html" in first.stdout
@@ -34,6 +35,8 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
                  "eval/gsm8k_test.jsonl", "eval/index.html", "pipeline.json"):
         assert (run / path).exists(), path
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 12
+    with safe_open(str(run / "models" / "minilm" / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["fingerprint"]["train"]["seed"] == 3  # the config's seed reached training
     again = mycelium("run", "--config", str(cfg))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "signals: cached" in again.stderr and "labels: cached" in again.stderr and "fitted on this model with these settings: kept" in again.stdout
