@@ -2,9 +2,9 @@
 
     $ python bench/solver.py --limit 400 --cot-limit 32 --out runs/main/bench-solver.json
     system                             problems   problems/s  accuracy  s/problem
-    mycelium solver (batched)               400        33.42     15.2%     0.0299
-    teacher CoT (smollm2, greedy)            32         0.19      3.1%     5.2236
-    solver / CoT throughput ratio: 175×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
+    mycelium solver (batched)               400        41.23     13.2%     0.0243
+    teacher CoT (smollm2, greedy)            32         0.27      3.1%     3.6876
+    solver / CoT throughput ratio: 152×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
 
 The solver runs on every problem in batches (one encoder pass per batch); the
 teacher generates a greedy chain-of-thought (batched, left-padded) for the
