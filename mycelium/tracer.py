@@ -178,6 +178,7 @@ def _ray(todo: list[Problem], cfg: TraceConfig, address: str | None):
     actor_cfg = dataclasses.asdict(cfg)
     actor_cfg["teacher"]["threads"] = None if gpus else threads
     ds = ray.data.from_items([{"problem": json.dumps(p.to_json())} for p in todo])
-    ds = ds.map_batches(_RayTracer, fn_constructor_kwargs={"cfg": actor_cfg}, batch_size=1, concurrency=workers,
+    pool = ray.data.ActorPoolStrategy(min_size=workers, max_size=workers)  # a fixed pool: one teacher per worker
+    ds = ds.map_batches(_RayTracer, fn_constructor_kwargs={"cfg": actor_cfg}, batch_size=1, compute=pool,
                         num_gpus=1 if gpus else 0, num_cpus=None if gpus else threads)
     return ((row["id"], row["reason"] or _decode(row["blob"])) for row in ds.iter_rows())
