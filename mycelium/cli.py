@@ -310,9 +310,14 @@ def labels_templates(run_dir: str = RunOpt, clusters: int = typer.Option(8, help
     path = Path(run_dir) / "labels" / "labels.jsonl"
     if not path.exists():
         raise MissingFile(f"no labels in {path.parent}: run `mycelium labels build --run {run_dir}` first")
-    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]  # not splitlines: U+2028 may sit in a question
+    rows = read_rows(path)
     if not rows:
         raise BadInput(f"{path} holds no examples")
+    if students:
+        spath = run / "labels" / "students.jsonl"
+        if not spath.exists():
+            raise MissingFile(f"no student graphs in {spath.parent}: run `mycelium improve --run {run_dir}` first")
+        rows += read_rows(spath)
     x, where = step_embeddings(rows)
     y = np.array([result_type(execute(Graph.from_json(rows[i]["graph"])).values[k]) for i, k in where])
     fit = anneal(smooth_labels(x, y, len(RESULT_TYPES)), np.geomspace(0.05, 200, 50), seed=seed)
@@ -343,6 +348,11 @@ def operand_constants(run, min_uses: int) -> list[str]:
     return [r["value"] for r in table if r["kept"] or r["orphaned"] >= min_uses]
 
 
+def read_rows(path) -> list[dict]:
+    """A JSON Lines file's rows; split on newlines only, not `splitlines`: U+2028 may sit in a question."""
+    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+
+
 @app.command("train")
 def train_cmd(run_dir: str = RunOpt,
               specialist: str = typer.Option("all", help="C1..C6 (comma-separated) or all"),
@@ -352,7 +362,10 @@ def train_cmd(run_dir: str = RunOpt,
               limit: Optional[int] = typer.Option(None, help="train on the first N training examples"),
               c2_labels: str = typer.Option("ops", help="C2's label set: ops, or templates (labels templates)"),
               constant_uses: int = typer.Option(20, help="C3's constant vocabulary: the table's domain constants "
-                                                "plus values orphaned at least this often")):
+                                                "plus values orphaned at least this often"),
+              students: bool = typer.Option(False, help="also train on the student graphs of `mycelium improve` "
+                                            "(labels/students.jsonl)"),
+              out_dir: Optional[str] = typer.Option(None, "--out", help="model folder (default: RUN/models/BACKBONE)")):
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
 
@@ -367,9 +380,14 @@ def train_cmd(run_dir: str = RunOpt,
     path = run / "labels" / "labels.jsonl"
     if not path.exists():
         raise MissingFile(f"no labels in {run / 'labels'}: run `mycelium labels build --run {run_dir}` first")
-    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]  # not splitlines: U+2028 may sit in a question
+    rows = read_rows(path)
     if not rows:
         raise BadInput(f"{path} holds no examples")
+    if students:
+        spath = run / "labels" / "students.jsonl"
+        if not spath.exists():
+            raise MissingFile(f"no student graphs in {spath.parent}: run `mycelium improve --run {run_dir}` first")
+        rows += read_rows(spath)
     heads = HEADS if specialist == "all" else tuple(h.strip().lower() for h in specialist.split(","))
     if not set(heads) <= set(HEADS):
         raise BadInput(f"unknown specialist in {specialist!r}; use C1..C6 or all")
@@ -391,7 +409,7 @@ def train_cmd(run_dir: str = RunOpt,
         raise BadInput(f"unknown C2 label set {c2_labels!r}; use ops or templates")
     model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants, c2_labels=c2_labels,
                                                 n_templates=n_templates), seed=seed)
-    out = run / "models" / backbone.replace("/", "_")
+    out = Path(out_dir) if out_dir else run / "models" / backbone.replace("/", "_")
     state = train(model, train_set, dev, cfg, out, heads)
     best = max(state["history"], key=lambda h: h["score"])
     atomic_write(out / "metrics.json", json.dumps({"best": best, "history": state["history"],
@@ -400,6 +418,49 @@ def train_cmd(run_dir: str = RunOpt,
     typer.echo(f"trained on {len(train_set)} examples; best dev epoch {best['epoch']}: " + "  ".join(
         f"{k} {v:.3f}" for k, v in best.items() if k.startswith("c")))
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def improve(run_dir: str = RunOpt,
+            model: Optional[str] = typer.Option(None, "--model", help="the students (default: RUN/models/minilm)"),
+            limit: Optional[int] = typer.Option(None, help="the first N GSM8K fit problems (default all)"),
+            beam: int = typer.Option(4, help="alternatives kept per step decision"),
+            groupings: int = typer.Option(16, help="candidate groupings (step plans) per problem"),
+            batch_size: int = typer.Option(32, "--batch-size", help="questions per encoder pass"),
+            source: str = SourceOpt, root: Optional[str] = RootOpt):
+    """The self-improving loop's harvest: student graphs that reach gold on GSM8K fit -> labels/students.jsonl.
+
+    Then `mycelium train --students --out DIR` trains on the teacher's labels and these together."""
+    import hashlib
+    from pathlib import Path
+
+    from .clauses import parse_many
+    from .data import load
+    from .errors import MissingFile
+    from .improve import harvest
+    from .store import atomic_write
+
+    if limit is not None and limit < 1:
+        raise BadInput(f"--limit must be at least 1 (got {limit})")
+    run = Path(run_dir)
+    model = model or str(run / "models" / "minilm")
+    path = run / "labels" / "labels.jsonl"
+    if not path.exists():
+        raise MissingFile(f"no labels in {run / 'labels'}: run `mycelium labels build --run {run_dir}` first")
+    solver = _solver(model, beam, groupings, batch_size, keep_graphs=True)
+    teacher = {r["id"]: r for r in read_rows(path)}
+    problems = load("gsm8k", "fit", source, root)[:limit]  # never dev (early stopping, tuning) nor test
+    questions = [p.question for p in problems]
+    examples, counts = harvest(problems, solver.solve_each(questions, "improve"), parse_many(questions), teacher)
+    out = run / "labels" / "students.jsonl"
+    atomic_write(out, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode())
+    manifest = {"problems": len(problems), "examples": len(examples), "counts": dict(counts), "model": model,
+                "model_sha1": hashlib.sha1((Path(model) / "model.safetensors").read_bytes()).hexdigest(),
+                "beam": beam, "groupings": groupings}
+    atomic_write(run / "labels" / "students.json", json.dumps(manifest, indent=1).encode())
+    for k, v in counts.most_common():
+        typer.echo(f"{k}: {v} ({v / len(problems):.1%})")
+    typer.echo(f"{len(examples)} student graphs join the training set; wrote {out}")
 
 
 def _require_model(model: str) -> None:

@@ -84,7 +84,7 @@ def _original_to_stripped(solution: str):
     return to_stripped
 
 
-def _answer_type(gold: str) -> str:
+def answer_type(gold: str) -> str:
     v = parse_number(gold)
     if v is None:
         return "other"
@@ -174,7 +174,7 @@ def build_example(problem: Problem, trace: Trace, reading: Reading, constants: s
     return {"id": problem.id, "question": problem.question, "answer": problem.answer,
             "quantities": [q.to_json() for q in graph.quantities], "clauses": [list(c) for c in clauses.spans],
             "steps": steps,
-            "relevance": [list(r) for r in relevance], "goal": {"step": graph.answer, "type": _answer_type(problem.answer)},
+            "relevance": [list(r) for r in relevance], "goal": {"step": graph.answer, "type": answer_type(problem.answer)},
             "graph": graph.to_json()}
 
 

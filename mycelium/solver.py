@@ -79,6 +79,7 @@ class SolverConfig:
     scorer: bool = True  # rank with the model folder's learned scorer (scorer.json) when it has one
     pipeline: bool = True  # the encoder reads the next batch on a thread of its own while this one is finished
     keep_features: bool = False  # keep each candidate's scorer features (to fit a scorer)
+    keep_graphs: bool = False  # keep each candidate's graph (the self-improving loop looks for one that reaches gold)
 
     def __post_init__(self):
         for name in ("groupings", "beam", "batch_size", "window"):
@@ -102,7 +103,7 @@ class Solution:
         return {"answer": None if self.answer is None else str(self.answer), "reason": self.reason,
                 "graph": self.graph.to_json() if self.graph else None, "spans": [list(s) for s in self.spans],
                 "score": self.score,
-                "candidates": [{**{k: v for k, v in c.items() if k != "features"}, "answer": str(c["answer"])}
+                "candidates": [{**{k: v for k, v in c.items() if k not in ("features", "graph")}, "answer": str(c["answer"])}
                                for c in self.candidates]}
 
 
@@ -528,7 +529,8 @@ class Solver:
                     for c, v in zip(ok, values):
                         c["score"] = float(v)
                     scored = [ok[k] for k in by_answer(values, [c["answer"] for c in ok])] + scored[len(ok):]
-            diag = [{k: c.get(k) for k in ("answer", "score", "ok", "plausible", "parts", "features")} for c in scored]
+            kept = ("answer", "score", "ok", "plausible", "parts", "features") + (("graph",) if self.config.keep_graphs else ())
+            diag = [{k: c.get(k) for k in kept} for c in scored]
             if not scored:
                 sols[i] = Solution(questions[i], None, None, spans[i], reason="over the time budget before any candidate")
                 continue

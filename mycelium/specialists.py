@@ -272,7 +272,8 @@ def encode(model: Specialists, examples: list[dict]) -> dict:
                 elif o["source"] in ("constant", "orphan"):
                     k = model.config.constants.index(o["value"]) if o["value"] in model.config.constants else C
                     y["c3"][b, s, slot] = Q + S + k
-            y["c4"][b, s] = int(bool(st.get("bridging")))
+            if "bridging" in st:  # the students' own graphs carry no attention, so no bridging flag
+                y["c4"][b, s] = int(bool(st["bridging"]))
             for t in range(s):
                 y["c5"][b, t, s] = float(t in st["depends_on"])
         if steps and ex.get("goal") and ex["goal"]["step"] is not None and ex["goal"]["step"] < S:
