@@ -314,10 +314,9 @@ def labels_templates(run_dir: str = RunOpt, clusters: int = typer.Option(8, help
     if not rows:
         raise BadInput(f"{path} holds no examples")
     if students:
-        spath = run / "labels" / "students.jsonl"
-        if not spath.exists():
-            raise MissingFile(f"no student graphs in {spath.parent}: run `mycelium improve --run {run_dir}` first")
-        rows += read_rows(spath)
+        if not Path(students).exists():
+            raise MissingFile(f"no student graphs at {students}: run `mycelium improve --run {run_dir}` first")
+        rows += read_rows(Path(students))
     x, where = step_embeddings(rows)
     y = np.array([result_type(execute(Graph.from_json(rows[i]["graph"])).values[k]) for i, k in where])
     fit = anneal(smooth_labels(x, y, len(RESULT_TYPES)), np.geomspace(0.05, 200, 50), seed=seed)
@@ -363,8 +362,8 @@ def train_cmd(run_dir: str = RunOpt,
               c2_labels: str = typer.Option("ops", help="C2's label set: ops, or templates (labels templates)"),
               constant_uses: int = typer.Option(20, help="C3's constant vocabulary: the table's domain constants "
                                                 "plus values orphaned at least this often"),
-              students: bool = typer.Option(False, help="also train on the student graphs of `mycelium improve` "
-                                            "(labels/students.jsonl)"),
+              students: Optional[str] = typer.Option(None, help="also train on these student graphs (a file written "
+                                                     "by `mycelium improve`, e.g. RUN/labels/students.jsonl)"),
               out_dir: Optional[str] = typer.Option(None, "--out", help="model folder (default: RUN/models/BACKBONE)")):
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
@@ -384,10 +383,9 @@ def train_cmd(run_dir: str = RunOpt,
     if not rows:
         raise BadInput(f"{path} holds no examples")
     if students:
-        spath = run / "labels" / "students.jsonl"
-        if not spath.exists():
-            raise MissingFile(f"no student graphs in {spath.parent}: run `mycelium improve --run {run_dir}` first")
-        rows += read_rows(spath)
+        if not Path(students).exists():
+            raise MissingFile(f"no student graphs at {students}: run `mycelium improve --run {run_dir}` first")
+        rows += read_rows(Path(students))
     heads = HEADS if specialist == "all" else tuple(h.strip().lower() for h in specialist.split(","))
     if not set(heads) <= set(HEADS):
         raise BadInput(f"unknown specialist in {specialist!r}; use C1..C6 or all")
@@ -427,10 +425,14 @@ def improve(run_dir: str = RunOpt,
             beam: int = typer.Option(4, help="alternatives kept per step decision"),
             groupings: int = typer.Option(16, help="candidate groupings (step plans) per problem"),
             batch_size: int = typer.Option(32, "--batch-size", help="questions per encoder pass"),
+            out_file: Optional[str] = typer.Option(None, "--out", help="JSON Lines to write (default: "
+                                                   "RUN/labels/students.jsonl; its manifest beside it, .json)"),
+            fresh: bool = typer.Option(False, help="harvest again even when the file was made by this model with "
+                                       "these settings"),
             source: str = SourceOpt, root: Optional[str] = RootOpt):
     """The self-improving loop's harvest: student graphs that reach gold on GSM8K fit -> labels/students.jsonl.
 
-    Then `mycelium train --students --out DIR` trains on the teacher's labels and these together."""
+    Then `mycelium train --students FILE --out DIR` trains on the teacher's labels and these together."""
     import hashlib
     from pathlib import Path
 
@@ -447,17 +449,23 @@ def improve(run_dir: str = RunOpt,
     path = run / "labels" / "labels.jsonl"
     if not path.exists():
         raise MissingFile(f"no labels in {run / 'labels'}: run `mycelium labels build --run {run_dir}` first")
+    _require_model(model)
+    out = Path(out_file) if out_file else run / "labels" / "students.jsonl"
+    problems = load("gsm8k", "fit", source, root)[:limit]  # never dev (early stopping, tuning) nor test
+    made_from = {"problems": len(problems), "beam": beam, "groupings": groupings,
+                 "model_sha1": hashlib.sha1((Path(model) / "model.safetensors").read_bytes()).hexdigest(),
+                 "labels_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}
+    meta = out.with_suffix(".json")
+    if out.exists() and meta.exists() and json.loads(meta.read_text()).get("made_from") == made_from and not fresh:
+        typer.echo(f"{out} was harvested by this model with these settings: kept (--fresh to harvest again)")
+        return
     solver = _solver(model, beam, groupings, batch_size, keep_graphs=True)
     teacher = {r["id"]: r for r in read_rows(path)}
-    problems = load("gsm8k", "fit", source, root)[:limit]  # never dev (early stopping, tuning) nor test
     questions = [p.question for p in problems]
     examples, counts = harvest(problems, solver.solve_each(questions, "improve"), parse_many(questions), teacher)
-    out = run / "labels" / "students.jsonl"
     atomic_write(out, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode())
-    manifest = {"problems": len(problems), "examples": len(examples), "counts": dict(counts), "model": model,
-                "model_sha1": hashlib.sha1((Path(model) / "model.safetensors").read_bytes()).hexdigest(),
-                "beam": beam, "groupings": groupings}
-    atomic_write(run / "labels" / "students.json", json.dumps(manifest, indent=1).encode())
+    manifest = {"examples": len(examples), "counts": dict(counts), "model": model, "made_from": made_from}
+    atomic_write(meta, json.dumps(manifest, indent=1).encode())
     for k, v in counts.most_common():
         typer.echo(f"{k}: {v} ({v / len(problems):.1%})")
     typer.echo(f"{len(examples)} student graphs join the training set; wrote {out}")
@@ -652,7 +660,7 @@ def scorer_cmd(model: str = ModelOpt,
     path = Path(model) / "scorer.json"
     wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings)
     fitted = Scorer.load(path)
-    if fitted is not None and fitted.fitted_on == wanted and not refit:
+    if fitted is not None and fitted.fitted_on == wanted and fitted.dev_accuracy is not None and not refit:
         typer.echo(f"{path} is fitted on this model with these settings: kept (--refit to fit again)")
         return
     solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True)
@@ -682,6 +690,7 @@ def scorer_cmd(model: str = ModelOpt,
         held_out = top1(dev, scorer)
         how = "held out"
     typer.echo(f"GSM8K dev ({len(dev)}, {how}): {first:.1%} (log-probability ranking) → {held_out:.1%} (scorer)")
+    scorer.dev_accuracy = held_out
     scorer.save(path)
     typer.echo(f"wrote {path}")
 

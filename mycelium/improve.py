@@ -24,7 +24,7 @@ validator, so a graph that reaches gold by coincidence joins too (for
 "Bob shucks 10 oysters in 5 minutes; how many in 2 hours?", 60 × 2 × 2 = 240).
 
     mycelium improve --run runs/main --model runs/main/models/minilm   # writes runs/main/labels/students.jsonl
-    mycelium train --run runs/main --students --out runs/main/models/minilm-r1
+    mycelium train --run runs/main --students runs/main/labels/students.jsonl --out runs/main/models/minilm-r1
 """
 
 from __future__ import annotations

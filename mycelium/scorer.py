@@ -84,6 +84,7 @@ class Scorer:
     out_weight: list[float]  # [hidden]
     features: list[str]
     fitted_on: dict = field(default_factory=dict)  # `provenance`: the model and the settings its candidates came from
+    dev_accuracy: float | None = None  # GSM8K dev with this scorer, as `mycelium scorer` reported it (held out or cross-validated)
 
     @functools.cached_property
     def _arrays(self) -> tuple:

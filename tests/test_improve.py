@@ -97,16 +97,20 @@ def test_improve_then_train_with_students(tmp_path, trained_model_dir):
         json.dumps(EXAMPLE) + "\n" + json.dumps({**EXAMPLE, "id": dev_id}) + "\n")
     (run / "labels" / "constants.json").write_text(json.dumps(
         [{"value": "2", "uses": 9, "orphaned": 9, "orphan_share": 1.0, "kept": True}]))
-    assert_clean_error(mycelium("train", "--run", str(run), "--students"), "run `mycelium improve")
+    students = run / "labels" / "students.jsonl"
+    assert_clean_error(mycelium("train", "--run", str(run), "--students", str(students)), "run `mycelium improve")
     proc = mycelium("improve", "--run", str(run), "--model", str(trained_model_dir), "--limit", "2")
     assert proc.returncode == 0, proc.stderr
     assert "improve: 100%" in proc.stderr and "problem/s" in proc.stderr
     manifest = json.loads((run / "labels" / "students.json").read_text())
-    assert manifest["problems"] == 2 and sum(v for k, v in manifest["counts"].items() if not k.startswith("of which")) == 2
-    rows = [json.loads(x) for x in (run / "labels" / "students.jsonl").read_text().splitlines()]
+    assert manifest["made_from"]["problems"] == 2
+    assert sum(v for k, v in manifest["counts"].items() if not k.startswith("of which")) == 2
+    rows = [json.loads(x) for x in students.read_text().splitlines()]
     assert len(rows) == manifest["examples"] >= 1 and {r["origin"] for r in rows} == {"student"}
+    again = mycelium("improve", "--run", str(run), "--model", str(trained_model_dir), "--limit", "2")
+    assert again.returncode == 0 and "kept (--fresh" in again.stdout  # same model, labels and settings: not redone
     out = tmp_path / "r1"
-    proc = mycelium("train", "--run", str(run), "--students", "--epochs", "1", "--out", str(out))
+    proc = mycelium("train", "--run", str(run), "--students", str(students), "--epochs", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["train_examples"] == 1 + len(rows)
     assert_clean_error(mycelium("improve", "--run", str(tmp_path / "none"), "--model", str(trained_model_dir)),

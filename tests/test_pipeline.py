@@ -26,19 +26,23 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg = tmp_path / "small.yaml"
     cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8,
                                    "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8, "scorer_dev_limit": 4,
-                                   "eval_datasets": ["gsm8k", "asdiv"], "seed": 3}))
+                                   "eval_datasets": ["gsm8k", "asdiv"], "seed": 3,
+                                   "improve_rounds": 1}))
     first = mycelium("run", "--config", str(cfg))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "acc %" in first.stdout and "eval/index.html" in first.stdout
     run = tmp_path / "run"
     for path in ("traces/manifest.json", "signals/report.json", "labels/labels.jsonl", "models/minilm/model.safetensors", "models/minilm/scorer.json",
-                 "eval/gsm8k_test.jsonl", "eval/index.html", "pipeline.json"):
+                 "eval/gsm8k_test.jsonl", "eval/index.html", "pipeline.json",
+                 "labels/students-r1.jsonl", "labels/students-r1.json", "models/minilm-r1/scorer.json"):
         assert (run / path).exists(), path
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 12
     with safe_open(str(run / "models" / "minilm" / "checkpoint.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["state"])["fingerprint"]["train"]["seed"] == 3  # the config's seed reached training
+    assert "round 1: GSM8K dev" in first.stderr  # the self-improving loop ran one round and measured it
     again = mycelium("run", "--config", str(cfg))
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "harvested by this model with these settings: kept" in again.stdout
     assert "signals: cached" in again.stderr and "labels: cached" in again.stderr and "fitted on this model with these settings: kept" in again.stdout
     assert again.stdout.count("12 traces in") == 2  # both trace stages found everything traced
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["last_run"]["problems"] == 0
