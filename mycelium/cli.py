@@ -301,22 +301,13 @@ def labels_templates(run_dir: str = RunOpt, clusters: int = typer.Option(8, help
 
     import numpy as np
 
-    from .errors import MissingFile
     from .executor import execute
     from .graph import Graph
     from .store import atomic_write
     from .templates import RESULT_TYPES, anneal, purity, result_type, smooth_labels, step_embeddings
 
     path = Path(run_dir) / "labels" / "labels.jsonl"
-    if not path.exists():
-        raise MissingFile(f"no labels in {path.parent}: run `mycelium labels build --run {run_dir}` first")
-    rows = read_rows(path)
-    if not rows:
-        raise BadInput(f"{path} holds no examples")
-    if students:
-        if not Path(students).exists():
-            raise MissingFile(f"no student graphs at {students}: run `mycelium improve --run {run_dir}` first")
-        rows += read_rows(Path(students))
+    rows = labelled_rows(run_dir)
     x, where = step_embeddings(rows)
     y = np.array([result_type(execute(Graph.from_json(rows[i]["graph"])).values[k]) for i, k in where])
     fit = anneal(smooth_labels(x, y, len(RESULT_TYPES)), np.geomspace(0.05, 200, 50), seed=seed)
@@ -352,6 +343,25 @@ def read_rows(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
 
 
+def labelled_rows(run_dir: str, students: str | None = None) -> list[dict]:
+    """The run's labels (labels/labels.jsonl), and the student graphs of `mycelium improve` when a file is given."""
+    from pathlib import Path
+
+    from .errors import MissingFile
+
+    path = Path(run_dir) / "labels" / "labels.jsonl"
+    if not path.exists():
+        raise MissingFile(f"no labels in {path.parent}: run `mycelium labels build --run {run_dir}` first")
+    rows = read_rows(path)
+    if not rows:
+        raise BadInput(f"{path} holds no examples")
+    if students:
+        if not Path(students).exists():
+            raise MissingFile(f"no student graphs at {students}: run `mycelium improve --run {run_dir}` first")
+        rows += read_rows(Path(students))
+    return rows
+
+
 @app.command("train")
 def train_cmd(run_dir: str = RunOpt,
               specialist: str = typer.Option("all", help="C1..C6 (comma-separated) or all"),
@@ -376,16 +386,7 @@ def train_cmd(run_dir: str = RunOpt,
     from .training import TrainConfig, train
 
     run = Path(run_dir)
-    path = run / "labels" / "labels.jsonl"
-    if not path.exists():
-        raise MissingFile(f"no labels in {run / 'labels'}: run `mycelium labels build --run {run_dir}` first")
-    rows = read_rows(path)
-    if not rows:
-        raise BadInput(f"{path} holds no examples")
-    if students:
-        if not Path(students).exists():
-            raise MissingFile(f"no student graphs at {students}: run `mycelium improve --run {run_dir}` first")
-        rows += read_rows(Path(students))
+    rows = labelled_rows(run_dir, students)
     heads = HEADS if specialist == "all" else tuple(h.strip().lower() for h in specialist.split(","))
     if not set(heads) <= set(HEADS):
         raise BadInput(f"unknown specialist in {specialist!r}; use C1..C6 or all")

@@ -10,7 +10,7 @@ from mycelium.clauses import parse
 from mycelium.data import get, load
 from mycelium.executor import execute
 from mycelium.graph import Graph, Op, Operand, Source
-from mycelium.improve import best_correct, graph_key, harvest, to_example
+from mycelium.improve import best_correct, graph_key, harvest
 from mycelium.reference import reference_graph
 from mycelium.solver import Solution, Solver, SolverConfig
 from mycelium.specialists import Specialists, SpecialistConfig, encode
