@@ -412,7 +412,8 @@ def train_cmd(run_dir: str = RunOpt,
     state = train(model, train_set, dev, cfg, out, heads)
     best = max(state["history"], key=lambda h: h["score"])
     atomic_write(out / "metrics.json", json.dumps({"best": best, "history": state["history"],
-                                                   "train_examples": len(train_set), "dev_examples": len(dev)},
+                                                   "train_examples": len(train_set), "dev_examples": len(dev),
+                                                   "student_rows": students},
                                                   indent=1).encode())
     typer.echo(f"trained on {len(train_set)} examples; best dev epoch {best['epoch']}: " + "  ".join(
         f"{k} {v:.3f}" for k, v in best.items() if k.startswith("c")))

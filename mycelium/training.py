@@ -271,7 +271,9 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
                 f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("c")))
         if score > state["best"]:
             state["best"], state["stale"] = score, 0
-            save_model(model, out, {"dev_metrics": metrics, "epoch": state["epoch"] + 1, "heads": list(heads)})
+            save_model(model, out, {"dev_metrics": metrics, "epoch": state["epoch"] + 1, "heads": list(heads),
+                                    "training": {**{k: v for k, v in asdict(cfg).items() if k != "device"},
+                                                 "n_train": len(train_set), "n_dev": len(dev_set)}})
         else:
             state["stale"] += 1
         state["epoch"] += 1

@@ -112,7 +112,10 @@ def test_improve_then_train_with_students(tmp_path, trained_model_dir):
     out = tmp_path / "r1"
     proc = mycelium("train", "--run", str(run), "--students", str(students), "--epochs", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((out / "metrics.json").read_text())["train_examples"] == 1 + len(rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_examples"] == 1 + len(rows) and metrics["student_rows"] == str(students)
+    training = json.loads((out / "config.json").read_text())["training"]  # the model says how it was trained
+    assert training["seed"] == 0 and training["epochs"] == 1 and training["n_train"] == 1 + len(rows)
     assert_clean_error(mycelium("improve", "--run", str(tmp_path / "none"), "--model", str(trained_model_dir)),
                        "run `mycelium labels build")
     assert_clean_error(mycelium("improve", "--run", str(run), "--model", str(trained_model_dir), "--limit", "0"),
