@@ -106,6 +106,7 @@ def harvest(problems: list[Problem], solutions, clauses: list[Clauses], teacher:
             counts["same graph as the teacher's"] += 1
             continue
         counts["joins: no teacher label" if label is None else "joins: another graph than the teacher's"] += 1
-        counts["of which the solver's top answer"] += answers_match(sol.answer, p.answer)
+        ex["top_answer"] = answers_match(sol.answer, p.answer)  # the solver's own answer was gold, not only a candidate
+        counts["of which the solver's top answer"] += ex["top_answer"]
         examples.append(ex)
     return examples, counts

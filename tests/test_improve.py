@@ -45,10 +45,13 @@ def test_harvest_keeps_new_correct_graphs_and_skips_the_teachers_own():
                       "no candidate reaches gold": 1, "of which the solver's top answer": 0}
     [ex] = examples
     assert ex["origin"] == "student" and ex["steps"][0]["op"] == "mul" and ex["steps"][0]["operands"][1]["value"] == "1/2"
+    assert ex["top_answer"] is False  # gold was the second candidate, not the solver's answer
     assert graph_key(ex["steps"], ex["goal"]["step"]) != graph_key(EXAMPLE["steps"], EXAMPLE["goal"]["step"])
     # with no teacher label, the same graph joins
     examples, counts = harvest([p], solutions[:1], clauses[:1], {})
     assert len(examples) == 1 and counts["joins: no teacher label"] == 1
+    examples, counts = harvest([p], [_solution(p.question, (other, sympy.Integer(72)))], clauses[:1], teacher)
+    assert examples[0]["top_answer"] is True and counts["of which the solver's top answer"] == 1
     assert best_correct(solutions[2].candidates, p.answer) is None
 
 
