@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--teacher", default="smollm2")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=0, help="solver processes: 0 = one per CPU core, 1 = in-process")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     if args.cot_limit < 1 or (args.limit is not None and args.limit < 1):
@@ -54,14 +55,17 @@ def main() -> None:
         problems = load(args.dataset, args.split)[: args.limit]
         if not (Path(args.model) / "model.safetensors").is_file():
             ap.error(f"no trained specialists in {args.model}: run `mycelium train` first (or pass --model)")
-        solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size))
+        solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size, workers=args.workers))
     except MyceliumError as e:
         ap.error(str(e))
     solver.solve_batch([problems[0].question])  # warm-up: spaCy, fastText, first-call allocations
+    solver.start()  # the worker processes load the model and warm up before the clock starts
     t0 = time.monotonic()
     sols = list(solver.solve_each([p.question for p in problems], "solver"))
     solver_s = time.monotonic() - t0
     solver_ok = [answers_match(s.answer, p.answer) for s, p in zip(sols, problems)]
+    workers = solver.workers
+    solver.close()  # the teacher gets the cores to itself
 
     cot = problems[: args.cot_limit]
     teacher = Teacher.load(TeacherConfig(model=args.teacher, threads=torch.get_num_threads()))
@@ -80,11 +84,12 @@ def main() -> None:
     ratio = rows[0][2] / rows[1][2]
     same = sum(solver_ok[: len(cot)]) / max(len(cot), 1)
     print(f"solver / CoT throughput ratio: {ratio:.0f}×   (same first {len(cot)} problems: solver {100 * same:.1f}%, "
-          f"CoT {100 * rows[1][3]:.1f}%)   threads: {torch.get_num_threads()}")
+          f"CoT {100 * rows[1][3]:.1f}%)   solver processes: {workers}   teacher threads: {torch.get_num_threads()}")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": [dict(zip(("system", "problems", "problems_per_s", "accuracy"), r))
                                                        for r in rows], "ratio": ratio,
                                               "solver_accuracy_on_cot_problems": same,
+                                              "solver_processes": workers,
                                               "examples": [{"id": p.id, "cot": t} for p, t in zip(cot[:5], texts)]},
                                              indent=1))
 

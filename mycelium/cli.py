@@ -427,6 +427,7 @@ def improve(run_dir: str = RunOpt,
             beam: int = typer.Option(4, help="alternatives kept per step decision"),
             groupings: int = typer.Option(16, help="candidate groupings (step plans) per problem"),
             batch_size: int = typer.Option(32, "--batch-size", help="questions per encoder pass"),
+            workers: int = typer.Option(0, help="solver processes: 0 = one per CPU core, 1 = this process only"),
             out_file: Optional[str] = typer.Option(None, "--out", help="JSON Lines to write (default: "
                                                    "RUN/labels/students.jsonl; its manifest beside it, .json)"),
             fresh: bool = typer.Option(False, help="harvest again even when the file was made by this model with "
@@ -454,14 +455,16 @@ def improve(run_dir: str = RunOpt,
     _require_model(model)
     out = Path(out_file) if out_file else run / "labels" / "students.jsonl"
     problems = load("gsm8k", "fit", source, root)[:limit]  # never dev (early stopping, tuning) nor test
-    made_from = {"problems": len(problems), "beam": beam, "groupings": groupings,
+    from .solver import encoder_dtype
+
+    made_from = {"problems": len(problems), "beam": beam, "groupings": groupings, "encoder_dtype": encoder_dtype(),
                  "model_sha1": hashlib.sha1((Path(model) / "model.safetensors").read_bytes()).hexdigest(),
                  "labels_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}
     meta = out.with_suffix(".json")
     if out.exists() and meta.exists() and json.loads(meta.read_text()).get("made_from") == made_from and not fresh:
         typer.echo(f"{out} was harvested by this model with these settings: kept (--fresh to harvest again)")
         return
-    solver = _solver(model, beam, groupings, batch_size, keep_graphs=True)
+    solver = _solver(model, beam, groupings, batch_size, keep_graphs=True, workers=workers)
     teacher = {r["id"]: r for r in read_rows(path)}
     questions = [p.question for p in problems]
     examples, counts = harvest(problems, solver.solve_each(questions, "improve"), parse_many(questions), teacher)
@@ -497,6 +500,7 @@ BeamOpt = typer.Option(4, help="alternatives kept per step decision")
 GroupingsOpt = typer.Option(16, help="candidate groupings (step plans) per problem")
 PlanOpt = typer.Option("learned", help="step regions from C1's learned plan, or 'enumerate'd from C1's spans")
 BatchOpt = typer.Option(32, "--batch-size", help="questions per encoder pass")
+WorkersOpt = typer.Option(0, help="solver processes for many questions: 0 = one per CPU core, 1 = this process only")
 
 
 @app.command()
@@ -505,7 +509,8 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
           file: Optional[str] = typer.Option(None, "--file", help="JSON Lines with a 'question' per row"),
           out_file: Optional[str] = typer.Option(None, "--out", help="with --file: write the answers here (resumes if killed), not to stdout"),
           as_json: bool = typer.Option(False, "--json"),
-          beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, plan: str = PlanOpt):
+          beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, plan: str = PlanOpt,
+          workers: int = WorkersOpt):
     """Answer from the question text alone: answer, operation graph, source spans."""
     from pathlib import Path
 
@@ -520,7 +525,7 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
         check_question(text)  # before the model loads: bad input fails fast
     if file and not Path(file).exists():
         raise BadInput(f"no such file: {file}")
-    solver = _solver(model, beam, groupings, batch_size, plan)
+    solver = _solver(model, beam, groupings, batch_size, plan, workers=workers)
     if file:
         from .data import read_jsonl
 
@@ -583,7 +588,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
              split: str = typer.Option("test"), model: str = ModelOpt,
              out: Optional[str] = typer.Option(None, help="report folder (default: <model>/../../eval)"),
              limit: Optional[int] = typer.Option(None, help="first N problems of each dataset"),
-             beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt,
+             beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt,
              threshold: float = typer.Option(0.5, help="C1 relevance a clause needs to be a span"),
              wiring_weight: float = typer.Option(1.0, help="weight of C5's wiring score"),
              plan: str = PlanOpt, plan_weight: float = typer.Option(1.0, help="weight of C1's plan score"),
@@ -595,7 +600,6 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
     Answers are saved as they come (in <out>/partial/); a killed evaluation
     started again with the same model and settings goes on where it stopped."""
     import hashlib
-    from dataclasses import asdict
     from pathlib import Path
 
     from .data import load, splits
@@ -616,9 +620,9 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
         raise BadInput(f"--out is the report's folder, and {folder} is a file")
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
     solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
-                     plan_weight=plan_weight, scorer=scorer)
+                     plan_weight=plan_weight, scorer=scorer, workers=workers)
     scorer_file = Path(model) / "scorer.json"
-    made_by = provenance(Path(model), solver=asdict(solver.config),
+    made_by = provenance(Path(model), solver=solver.settings(),
                          scorer=hashlib.sha1(scorer_file.read_bytes()).hexdigest() if solver.scorer else None)
     partial = {n: folder / "partial" / f"{n}_{which[n]}.jsonl" for n in names}
     for path in partial.values() if fresh else ():
@@ -641,7 +645,7 @@ def scorer_cmd(model: str = ModelOpt,
                limit: int = typer.Option(3000, help="first N problems of that split (0: all)"),
                dev_limit: Optional[int] = typer.Option(None, help="first N GSM8K dev problems to report on (default all)"),
                folds: int = typer.Option(5, help="cross-validation folds when fitting on dev"),
-               beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt,
+               beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt,
                source: str = SourceOpt, root: Optional[str] = RootOpt,
                refit: bool = typer.Option(False, help="fit again even when scorer.json was fitted on this model with these settings")):
     """Fit the learned ranking of candidate graphs (scorer.json beside the model) and report it on GSM8K dev."""
@@ -650,6 +654,7 @@ def scorer_cmd(model: str = ModelOpt,
     from .answer import answers_match
     from .data import load
     from .scorer import Scorer, cross_validate, fit, labelled, provenance, top1
+    from .solver import encoder_dtype
 
     if limit < 0 or (dev_limit is not None and dev_limit < 1):
         raise BadInput("--limit is 0 (all) or a number of problems; --dev-limit at least 1")
@@ -660,12 +665,13 @@ def scorer_cmd(model: str = ModelOpt,
     _require_model(model)
     limit = limit or None  # 0: all
     path = Path(model) / "scorer.json"
-    wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings)
+    wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings,
+                        encoder_dtype=encoder_dtype())  # its features come from the encoder's states
     fitted = Scorer.load(path)
     if fitted is not None and fitted.fitted_on == wanted and fitted.dev_accuracy is not None and not refit:
         typer.echo(f"{path} is fitted on this model with these settings: kept (--refit to fit again)")
         return
-    solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True)
+    solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True, workers=workers)
 
     def candidates(name: str, n: Optional[int]) -> tuple[list, float]:
         """Per problem: ([candidate, feature], [candidate] reaches gold); and the log-probability ranking's accuracy."""

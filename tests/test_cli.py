@@ -82,6 +82,7 @@ def test_eval_bad_arguments(tmp_path):
     assert_clean_error(mycelium("eval", "--groupings", "0", "--limit", "2", *model), "groupings must be at least 1")
     assert_clean_error(mycelium("solve", "x", "--batch-size", "0", *model), "batch-size must be at least 1")
     assert_clean_error(mycelium("solve", "x", "--beam", "-1", *model), "beam must be at least 1")
+    assert_clean_error(mycelium("eval", "--workers", "-1", "--limit", "2", *model), "workers must be 0 (one per core) or more")
 
 
 def test_scorer_bad_arguments(tmp_path):

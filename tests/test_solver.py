@@ -39,7 +39,8 @@ def test_groupings_enumerate_merges_duplicates_and_drops():
 
 
 def test_solver_config_refuses_settings_that_cannot_run():
-    for bad in ({"beam": 0}, {"groupings": -1}, {"batch_size": 0}, {"window": 0}, {"time_budget_s": 0}):
+    for bad in ({"beam": 0}, {"groupings": -1}, {"batch_size": 0}, {"window": 0}, {"time_budget_s": 0},
+                {"encoder_dtype": "int8"}, {"workers": -1}):
         with pytest.raises(BadInput, match="must be"):
             SolverConfig(**bad)
     assert SolverConfig(beam=1, groupings=1, batch_size=1).beam == 1
@@ -147,6 +148,28 @@ def test_pipelined_batches_match_one_at_a_time(model_dir):
         runs.append([[(s.answer, s.reason, s.graph.to_json() if s.graph else None, s.score) for s in r] for r in both])
     assert runs[0] == runs[1]
     assert runs[0][0][5][1] and runs[0][0][5][0] is None  # the empty question is refused in its batch
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_answers(model_dir):
+    """Batches solved in two spawned processes come back in order, as one process solves them."""
+    questions = [get(f"gsm8k/test/{i}").question for i in range(6)] + ["", "Tom has 3 boxes with 4 apples each."]
+    alone = Solver.load(model_dir, SolverConfig(batch_size=2, workers=1))
+    assert alone.workers == 1 and alone.start()._pool is None  # nothing to start
+    want = [(s.answer, s.reason, s.graph.to_json() if s.graph else None, s.score) for s in alone.solve_batch(questions)]
+    with Solver.load(model_dir, SolverConfig(batch_size=2, workers=2, pool_from=4)) as pooled:
+        assert pooled.settings() == alone.settings()  # how the work is spread is not a setting of the answers
+        assert pooled.solve_batch(questions[:3]) and pooled._pool is None  # under pool_from: in this process
+        got = list(pooled.solve_each(questions, progress=False))
+        assert pooled._pool is not None and pooled._pool.workers == 2
+        again = pooled.solve_batch(questions)  # the same workers, started once
+        pool = pooled._pool
+    assert pooled._pool is None and pool._executor._shutdown_thread  # closed on leaving the block
+    for run in (got, again):
+        assert [(s.answer, s.reason, s.graph.to_json() if s.graph else None, s.score) for s in run] == want
+    assert Solver(alone.model, SolverConfig(workers=2)).workers == 1  # no folder for a worker to load
+    with pytest.raises(BadInput, match="workers"):
+        SolverConfig(workers=-1)
 
 
 @pytest.mark.slow
