@@ -303,7 +303,6 @@ def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int) -> list
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def encoder_dtype(name: str = "auto") -> str:
     """The encoder's arithmetic that `SolverConfig.encoder_dtype` names on this machine: "auto" is bfloat16
     where the CPU has native bfloat16 (oneDNN's test), else float32."""
@@ -312,6 +311,7 @@ def encoder_dtype(name: str = "auto") -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1)
 def _language_model():
     """fastText's lid.176 language identifier (176 languages, 0.9 MB, fastText's own format, not a pickle).
 

@@ -15,7 +15,7 @@ from mycelium.data import get
 from mycelium.errors import BadInput
 from mycelium.evaluate import evaluate
 from mycelium.numbers import find_quantities
-from mycelium.solver import Solver, SolverConfig, decode, detect_language, groupings, value_type
+from mycelium.solver import Solver, SolverConfig, _language_model, decode, detect_language, groupings, value_type
 
 from .test_specialists import EXAMPLE, SECOND
 
@@ -55,6 +55,7 @@ def test_language_is_read_without_the_numbers():
     for text, want in [("Juan tiene 3 manzanas y compra 4 más. ¿Cuántas manzanas tiene ahora?", "es"),
                        ("Anna hat 3 Äpfel und kauft 4 weitere. Wie viele Äpfel hat sie jetzt?", "de")]:
         assert detect_language(text, find_quantities(text))[0] == want
+    assert _language_model() is _language_model()  # loaded once: loading it takes longer than solving a question
 
 
 def test_decode_takes_the_best_choices_and_respects_arity_and_padding():
