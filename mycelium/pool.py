@@ -1,16 +1,18 @@
 """Solver worker processes: the solver on every core, a process each.
 
     >>> solver = Solver.load("runs/main/models/minilm", SolverConfig(workers=2))
-    >>> sols = solver.solve_batch(questions)   # 1,319 GSM8K test questions: batches go to 2 processes
+    >>> sols = solver.solve_batch(questions)   # 1,319 GSM8K test questions: this process and a worker
     >>> solver.close()                         # or `with Solver.load(...) as solver:`
 
 Why processes and not threads: after the encoder (torch, which lets go of
 the GIL) most of a batch's work is Python (clauses, plans, decoding,
 executing and ranking some sixty graphs a question), so threads share one
-core for it. Each worker loads the model folder itself (spawned, never
+core for it. With `workers=N` the calling process is one of the N and
+spawns the others. Each loads the model folder itself (spawned, never
 forked: torch's thread pools do not survive a fork), runs torch on one
-thread, and solves whole batches; batches come back in order. The answers
-are the ones the same solver gives in one process.
+thread, and solves whole batches; the calling process solves the batches
+that find every worker busy, so it works while they load, too. Batches come
+back in order, and the answers are the ones one process gives.
 
 As with any spawned process, a script that uses workers must start its work
 under `if __name__ == "__main__":` (a worker imports the script's module).
@@ -24,7 +26,7 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
@@ -78,22 +80,29 @@ class WorkerPool:
         for f in [self._executor.submit(_wait_ready, timeout) for _ in range(self.workers)]:
             self._result(f, timeout)
 
-    def map(self, chunks: Iterator[list[str]]) -> Iterator[list]:
-        """Each chunk's solutions, in chunk order; two chunks a worker in flight."""
-        flight: deque = deque()
+    def map(self, chunks: Iterator[list[str]], solve_here) -> Iterator[list]:
+        """Each chunk's solutions, in chunk order. Up to two chunks a worker are in flight; the calling
+        process solves the others itself with `solve_here` (so it works while the workers start, too)."""
+        order: deque = deque()  # per chunk: its Future, or its solutions when solved here
         try:
             for chunk in chunks:
-                flight.append(self._executor.submit(_solve, chunk))
-                if len(flight) >= 2 * self.workers:
-                    yield self._result(flight.popleft())
-            while flight:
-                yield self._result(flight.popleft())
+                if sum(isinstance(x, Future) and not x.done() for x in order) < 2 * self.workers:
+                    order.append(self._executor.submit(_solve, chunk))
+                else:
+                    order.append(solve_here(chunk))
+                while order and (not isinstance(order[0], Future) or order[0].done()):
+                    yield self._result(order.popleft())
+            while order:
+                yield self._result(order.popleft())
         finally:  # the caller stopped early: drop what has not started
-            for f in flight:
-                f.cancel()
+            for x in order:
+                if isinstance(x, Future):
+                    x.cancel()
 
     @staticmethod
     def _result(future, timeout: float | None = None):
+        if not isinstance(future, Future):
+            return future  # solved here
         try:
             return future.result(timeout)
         except BrokenProcessPool as e:

@@ -367,20 +367,21 @@ class Solver:
 
     @property
     def workers(self) -> int:
-        """Worker processes this solver uses for many questions (1: none; a solver not loaded from a folder
-        has nothing for a worker to load)."""
+        """Processes this solver uses for many questions, itself included (1: itself only; a solver not loaded
+        from a folder has nothing for a worker process to load)."""
         if self.folder is None:
             return 1
         return self.config.workers or min(cores(), 8)
 
-    def start(self) -> "Solver":
-        """Start the worker processes now and wait until each has loaded the model (else the first large
-        call does), e.g. before timing."""
+    def start(self, wait: bool = True) -> "Solver":
+        """Start the worker processes now (else the first large call does) and, with `wait`, wait until each
+        has loaded the model: before timing, say."""
         if self.workers > 1 and self._pool is None:
-            pool = WorkerPool(self.folder, self.config, self.workers)
+            pool = WorkerPool(self.folder, self.config, self.workers - 1)
             self._pool, self._stop = pool, weakref.finalize(self, pool.close)  # the workers go when the solver does
+        if wait and self._pool is not None:
             try:
-                pool.start()
+                self._pool.start()
             except BaseException:
                 self.close()
                 raise
@@ -454,17 +455,24 @@ class Solver:
 
         indices, chunks = itertools.tee(batches())
         texts = ([questions[i] for i in c] for c in chunks)
-        if self.workers > 1 and len(questions) >= self.config.pool_from:
-            stream = self.start()._pool.map(texts)
+        pooled = self.workers > 1 and len(questions) >= self.config.pool_from
+        if pooled:  # this process solves alongside its workers (and alone while they start), a core each
+            stream = self.start(wait=False)._pool.map(texts, lambda c: self._finish(self._encode(self._prepare(c))))
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
         else:
             stream = self._pipeline(texts)
-        solved, upto = {}, 0
-        for chunk, sols in zip(indices, stream):
-            solved.update(zip(chunk, sols))
-            done(len(sols))
-            while upto in solved:
-                yield solved.pop(upto)
-                upto += 1
+        try:
+            solved, upto = {}, 0
+            for chunk, sols in zip(indices, stream):
+                solved.update(zip(chunk, sols))
+                done(len(sols))
+                while upto in solved:
+                    yield solved.pop(upto)
+                    upto += 1
+        finally:
+            if pooled:
+                torch.set_num_threads(threads)
 
     def _pipeline(self, chunks: Iterator[list[str]]) -> Iterator[list[Solution]]:
         """Each chunk's solutions in turn; the encoder reads the next chunk while this one is finished.

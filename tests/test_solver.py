@@ -153,7 +153,7 @@ def test_pipelined_batches_match_one_at_a_time(model_dir):
 
 @pytest.mark.slow
 def test_worker_processes_give_the_same_answers(model_dir):
-    """Batches solved in two spawned processes come back in order, as one process solves them."""
+    """Batches solved by this process and a spawned one come back in order, as one process solves them."""
     questions = [get(f"gsm8k/test/{i}").question for i in range(6)] + ["", "Tom has 3 boxes with 4 apples each."]
     alone = Solver.load(model_dir, SolverConfig(batch_size=2, workers=1))
     assert alone.workers == 1 and alone.start()._pool is None  # nothing to start
@@ -161,8 +161,11 @@ def test_worker_processes_give_the_same_answers(model_dir):
     with Solver.load(model_dir, SolverConfig(batch_size=2, workers=2, pool_from=4)) as pooled:
         assert pooled.settings() == alone.settings()  # how the work is spread is not a setting of the answers
         assert pooled.solve_batch(questions[:3]) and pooled._pool is None  # under pool_from: in this process
+        here, finish = [], pooled._finish
+        pooled._finish = lambda batch: here.append(1) or finish(batch)  # this process's own batches
         got = list(pooled.solve_each(questions, progress=False))
-        assert pooled._pool is not None and pooled._pool.workers == 2
+        assert pooled._pool is not None and pooled._pool.workers == 1  # this process and one spawned
+        assert 0 < len(here) < 4  # of 4 batches: the worker took its two while loading, this process the rest
         again = pooled.solve_batch(questions)  # the same workers, started once
         pool = pooled._pool
     assert pooled._pool is None and pool._executor._shutdown_thread  # closed on leaving the block
