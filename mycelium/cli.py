@@ -26,6 +26,9 @@ app.add_typer(data_app, name="data")
 
 SourceOpt = typer.Option("local", "--source", help="local, hub, or a path (.jsonl file or dataset folder)")
 RootOpt = typer.Option(None, "--data-root", envvar="MYCELIUM_DATA", help="folder of JSON Lines datasets")
+WorkersOpt = typer.Option(0, help="solver processes for many questions: 0 = one per CPU core, 1 = this process only")
+DtypeOpt = typer.Option("auto", "--encoder-dtype", help="the encoder's arithmetic: auto (bfloat16 where the CPU has "
+                        "it), bfloat16 or float32")
 
 
 @data_app.command("list")
@@ -427,7 +430,7 @@ def improve(run_dir: str = RunOpt,
             beam: int = typer.Option(4, help="alternatives kept per step decision"),
             groupings: int = typer.Option(16, help="candidate groupings (step plans) per problem"),
             batch_size: int = typer.Option(32, "--batch-size", help="questions per encoder pass"),
-            workers: int = typer.Option(0, help="solver processes: 0 = one per CPU core, 1 = this process only"),
+            workers: int = WorkersOpt, dtype: str = DtypeOpt,
             out_file: Optional[str] = typer.Option(None, "--out", help="JSON Lines to write (default: "
                                                    "RUN/labels/students.jsonl; its manifest beside it, .json)"),
             fresh: bool = typer.Option(False, help="harvest again even when the file was made by this model with "
@@ -457,14 +460,14 @@ def improve(run_dir: str = RunOpt,
     problems = load("gsm8k", "fit", source, root)[:limit]  # never dev (early stopping, tuning) nor test
     from .solver import encoder_dtype
 
-    made_from = {"problems": len(problems), "beam": beam, "groupings": groupings, "encoder_dtype": encoder_dtype(),
+    made_from = {"problems": len(problems), "beam": beam, "groupings": groupings, "encoder_dtype": encoder_dtype(dtype),
                  "model_sha1": hashlib.sha1((Path(model) / "model.safetensors").read_bytes()).hexdigest(),
                  "labels_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}
     meta = out.with_suffix(".json")
     if out.exists() and meta.exists() and json.loads(meta.read_text()).get("made_from") == made_from and not fresh:
         typer.echo(f"{out} was harvested by this model with these settings: kept (--fresh to harvest again)")
         return
-    solver = _solver(model, beam, groupings, batch_size, keep_graphs=True, workers=workers)
+    solver = _solver(model, beam, groupings, batch_size, keep_graphs=True, workers=workers, encoder_dtype=dtype)
     teacher = {r["id"]: r for r in read_rows(path)}
     questions = [p.question for p in problems]
     examples, counts = harvest(problems, solver.solve_each(questions, "improve"), parse_many(questions), teacher)
@@ -500,7 +503,6 @@ BeamOpt = typer.Option(4, help="alternatives kept per step decision")
 GroupingsOpt = typer.Option(16, help="candidate groupings (step plans) per problem")
 PlanOpt = typer.Option("learned", help="step regions from C1's learned plan, or 'enumerate'd from C1's spans")
 BatchOpt = typer.Option(32, "--batch-size", help="questions per encoder pass")
-WorkersOpt = typer.Option(0, help="solver processes for many questions: 0 = one per CPU core, 1 = this process only")
 
 
 @app.command()
@@ -510,7 +512,7 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
           out_file: Optional[str] = typer.Option(None, "--out", help="with --file: write the answers here (resumes if killed), not to stdout"),
           as_json: bool = typer.Option(False, "--json"),
           beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, plan: str = PlanOpt,
-          workers: int = WorkersOpt):
+          workers: int = WorkersOpt, dtype: str = DtypeOpt):
     """Answer from the question text alone: answer, operation graph, source spans."""
     from pathlib import Path
 
@@ -525,7 +527,7 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
         check_question(text)  # before the model loads: bad input fails fast
     if file and not Path(file).exists():
         raise BadInput(f"no such file: {file}")
-    solver = _solver(model, beam, groupings, batch_size, plan, workers=workers)
+    solver = _solver(model, beam, groupings, batch_size, plan, workers=workers, encoder_dtype=dtype)
     if file:
         from .data import read_jsonl
 
@@ -589,7 +591,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
              out: Optional[str] = typer.Option(None, help="report folder (default: <model>/../../eval)"),
              limit: Optional[int] = typer.Option(None, help="first N problems of each dataset"),
              beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt,
-             threshold: float = typer.Option(0.5, help="C1 relevance a clause needs to be a span"),
+             dtype: str = DtypeOpt, threshold: float = typer.Option(0.5, help="C1 relevance a clause needs to be a span"),
              wiring_weight: float = typer.Option(1.0, help="weight of C5's wiring score"),
              plan: str = PlanOpt, plan_weight: float = typer.Option(1.0, help="weight of C1's plan score"),
              scorer: bool = typer.Option(True, "--scorer/--no-scorer", help="rank with the model's scorer.json if any"),
@@ -620,7 +622,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
         raise BadInput(f"--out is the report's folder, and {folder} is a file")
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
     solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
-                     plan_weight=plan_weight, scorer=scorer, workers=workers)
+                     plan_weight=plan_weight, scorer=scorer, workers=workers, encoder_dtype=dtype)
     scorer_file = Path(model) / "scorer.json"
     made_by = provenance(Path(model), solver=solver.settings(),
                          scorer=hashlib.sha1(scorer_file.read_bytes()).hexdigest() if solver.scorer else None)
@@ -642,11 +644,13 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
 @app.command("scorer")
 def scorer_cmd(model: str = ModelOpt,
                split: str = typer.Option("fit", help="GSM8K split to fit on (dev: then the held-out figure is cross-validated)"),
-               limit: int = typer.Option(3000, help="first N problems of that split (0: all)"),
+               limit: int = typer.Option(0, help="first N problems of that split (0: all)"),
+               seeds: int = typer.Option(5, help="MLPs fitted with seeds 0..N-1 and averaged (one fit moves a point "
+                                         "or two with its seed)"),
                dev_limit: Optional[int] = typer.Option(None, help="first N GSM8K dev problems to report on (default all)"),
                folds: int = typer.Option(5, help="cross-validation folds when fitting on dev"),
                beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt,
-               source: str = SourceOpt, root: Optional[str] = RootOpt,
+               dtype: str = DtypeOpt, source: str = SourceOpt, root: Optional[str] = RootOpt,
                refit: bool = typer.Option(False, help="fit again even when scorer.json was fitted on this model with these settings")):
     """Fit the learned ranking of candidate graphs (scorer.json beside the model) and report it on GSM8K dev."""
     from pathlib import Path
@@ -658,6 +662,8 @@ def scorer_cmd(model: str = ModelOpt,
 
     if limit < 0 or (dev_limit is not None and dev_limit < 1):
         raise BadInput("--limit is 0 (all) or a number of problems; --dev-limit at least 1")
+    if seeds < 1:
+        raise BadInput(f"--seeds must be at least 1 (got {seeds})")
     if split not in ("fit", "dev"):  # train holds dev, which the scorer is reported on; test is for reported numbers only
         raise BadInput(f"--split is fit or dev (the scorer is reported on dev; test is for reported numbers only), not {split!r}")
     if split == "dev" and folds < 2:
@@ -665,13 +671,14 @@ def scorer_cmd(model: str = ModelOpt,
     _require_model(model)
     limit = limit or None  # 0: all
     path = Path(model) / "scorer.json"
-    wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings,
-                        encoder_dtype=encoder_dtype())  # its features come from the encoder's states
+    wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings, seeds=seeds,
+                        encoder_dtype=encoder_dtype(dtype))  # its features come from the encoder's states
     fitted = Scorer.load(path)
     if fitted is not None and fitted.fitted_on == wanted and fitted.dev_accuracy is not None and not refit:
         typer.echo(f"{path} is fitted on this model with these settings: kept (--refit to fit again)")
         return
-    solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True, workers=workers)
+    solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True, workers=workers,
+                     encoder_dtype=dtype)
 
     def candidates(name: str, n: Optional[int]) -> tuple[list, float]:
         """Per problem: ([candidate, feature], [candidate] reaches gold); and the log-probability ranking's accuracy."""
@@ -685,13 +692,13 @@ def scorer_cmd(model: str = ModelOpt,
         return groups, first / len(problems)
 
     train, train_first = candidates(split, limit)
-    scorer = fit(train)
+    scorer = fit(train, seeds=seeds)
     scorer.fitted_on = wanted
     typer.echo(f"fitted on {len(train)} GSM8K {split} problems (gold among the candidates for "
                f"{sum(bool(y.any()) for _, y, _ in train)})")
     if split == "dev":
         dev, first = train, train_first
-        held_out = cross_validate(dev, folds)
+        held_out = cross_validate(dev, folds, seeds=seeds)
         how = f"{folds}-fold cross-validated"
     else:
         dev, first = candidates("dev", dev_limit)

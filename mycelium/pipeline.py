@@ -55,7 +55,7 @@ class PipelineConfig:
     eval_limit: int | None = None  # first N problems of each evaluation set (None: all)
     beam: int = 4
     groupings: int = 16
-    scorer_limit: int | None = 3000  # GSM8K fit problems the scorer is fitted on (None: all 6,973)
+    scorer_limit: int | None = None  # GSM8K fit problems the scorer is fitted on (None: all 6,973)
     scorer_dev_limit: int | None = None  # GSM8K dev problems it is reported on (None: all 500)
     # The self-improving loop (DESIGN.md §8): rounds of improve → train with the students' graphs → scorer, stopped
     # once GSM8K dev gains under 1 point; 0: none. One round on the full preset: dev 14.6–15.2% → 13.4–14.0%.

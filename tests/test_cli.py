@@ -91,6 +91,7 @@ def test_scorer_bad_arguments(tmp_path):
     assert_clean_error(mycelium("scorer", *model), "no trained specialists")
     assert_clean_error(mycelium("scorer", "--split", "dev", "--folds", "1", *model), "--folds must be at least 2")
     assert_clean_error(mycelium("scorer", "--split", "test", *model), "reported numbers only")
+    assert_clean_error(mycelium("scorer", "--seeds", "0", *model), "--seeds must be at least 1")
     assert_clean_error(mycelium("scorer", "--limit", "-5", *model), "--limit is 0 (all)")
 
 

@@ -42,6 +42,9 @@ def test_fit_learns_which_feature_marks_gold_and_round_trips(tmp_path):
     scorer = fit(groups)
     assert top1(groups, scorer) > 0.95 and cross_validate(groups, folds=4) > 0.9
     assert top1(groups, fit([])) < 0.5  # nothing to learn from: every candidate ties, the first is taken
+    parts, both = [fit(groups, seed=s) for s in (3, 4)], fit(groups, seed=3, seeds=2)  # an ensemble is one wider MLP
+    assert len(both.hidden_bias) == 32 and top1(groups, both) > 0.95
+    assert np.allclose(both(groups[0][0]), (parts[0](groups[0][0]) + parts[1](groups[0][0])) / 2, atol=1e-5)
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     scorer.fitted_on = provenance(tmp_path, split="fit", limit=200, beam=4, groupings=16)
     scorer.save(tmp_path / "scorer.json")
