@@ -30,7 +30,9 @@
 
 Batches run as a two-stage pipeline: while steps 2–4 (mostly Python) finish
 one batch, the encoder (torch, which lets go of the GIL) reads the next on a
-thread of its own.
+thread of its own. With `workers` > 1 and many questions, batches go to
+processes instead, a core each (`pool.py`). The encoder runs in bfloat16
+where the CPU has it (`encoder_dtype`); the heads stay in float32.
 
 The solver sees the question text only; refusals (not English, no
 quantity, too long, numbers too large, over the time budget) come back as a
