@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="smollm2")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0, help="solver processes: 0 = one per CPU core, 1 = in-process")
+    ap.add_argument("--encoder-dtype", default="float32", help="float32, bfloat16 or auto")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     if args.cot_limit < 1 or (args.limit is not None and args.limit < 1):
@@ -55,7 +56,8 @@ def main() -> None:
         problems = load(args.dataset, args.split)[: args.limit]
         if not (Path(args.model) / "model.safetensors").is_file():
             ap.error(f"no trained specialists in {args.model}: run `mycelium train` first (or pass --model)")
-        solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size, workers=args.workers))
+        solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size, workers=args.workers,
+                                                        encoder_dtype=args.encoder_dtype))
     except MyceliumError as e:
         ap.error(str(e))
     solver.solve_batch([problems[0].question])  # warm-up: spaCy, fastText, first-call allocations

@@ -1,8 +1,8 @@
 """The scorer: a learned ranking of one question's candidate graphs (a verifier over the executed candidates).
 
     $ mycelium scorer --model runs/main/models/minilm
-    fitted on 6973 GSM8K fit problems (gold among the candidates for 2605)
-    GSM8K dev (500, held out): 5.6% (log-probability ranking) → 16.0% (scorer)
+    fitted on 6973 GSM8K fit problems (gold among the candidates for 2602)
+    GSM8K dev (500, held out): 5.6% (log-probability ranking) → 15.6% (scorer)
     wrote runs/main/models/minilm/scorer.json
 
 Summed log probabilities favour short graphs: every step costs its operand

@@ -31,8 +31,8 @@
 Batches run as a two-stage pipeline: while steps 2–4 (mostly Python) finish
 one batch, the encoder (torch, which lets go of the GIL) reads the next on a
 thread of its own. With `workers` > 1 and many questions, batches go to
-processes instead, a core each (`pool.py`). The encoder runs in bfloat16
-where the CPU has it (`encoder_dtype`); the heads stay in float32.
+processes instead, a core each (`pool.py`). `encoder_dtype="bfloat16"` runs
+the encoder faster (opt-in); the heads stay in float32.
 
 The solver sees the question text only; refusals (not English, no
 quantity, too long, numbers too large, over the time budget) come back as a
@@ -87,9 +87,11 @@ class SolverConfig:
     pipeline: bool = True  # the encoder reads the next batch on a thread of its own while this one is finished
     keep_features: bool = False  # keep each candidate's scorer features (to fit a scorer)
     keep_graphs: bool = False  # keep each candidate's graph (the self-improving loop looks for one that reaches gold)
-    # The encoder's arithmetic: "bfloat16" autocast (GSM8K test, 2 cores: the encoder 1.75× faster, hidden states
-    # at cosine 1.0000 to float32's), "float32", or "auto": bfloat16 where the CPU has native bfloat16 (oneDNN).
-    encoder_dtype: str = "auto"
+    # The encoder's arithmetic: "float32", "bfloat16" autocast, or "auto" (bfloat16 where the CPU has native
+    # bfloat16, as oneDNN reports). bfloat16 reads 1.75× faster on 2 cores with states at cosine 1.0000 to float32's,
+    # but a question's answer then depends on its batch-mates (padding changes the kernels' rounding), so a resumed
+    # run is not the same file as an uninterrupted one: opt in for speed.
+    encoder_dtype: str = "float32"
     # Worker processes for many questions (`pool.py`): 1 = this process only (the default for library use: a
     # script that spawns processes needs an `if __name__ == "__main__":` guard), 0 = one per CPU core (up to 8;
     # the CLI's default). They start once `pool_from` questions come at once, since each loads the model (seconds).
@@ -590,8 +592,6 @@ class Solver:
                 n = len(rows[r]["groups"])
                 goal_lp = goal_logits[r, :n] - np.logaddexp.reduce(goal_logits[r, :n])
                 goal = int(goal_lp.argmax())
-                no_edges = np.triu(no_edge_lp[r], 1).sum(0).tolist()  # [later]: sum over earlier t of log p(no t → s)
-                edge_gain = (edge_lp[r] - no_edge_lp[r]).tolist()  # [earlier][later]
                 for score, steps in decoded[r]:
                     graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S, targets)
                     key = (tuple((k, tuple(targets[c][1] for c in picks)) for k, picks in steps), goal)
@@ -600,7 +600,7 @@ class Solver:
                     run = runs[key]
                     ok = run.ok and run.answer is not None
                     plausible = ok and value_type(run.answer) == ANSWER_TYPES[types[r]]
-                    wiring = self._wiring(steps, no_edges, edge_gain, Q, S)
+                    wiring = self._wiring(steps, edge_lp[r], no_edge_lp[r], Q, S)
                     parts = {"plan": rows[r]["plan_lp"], "steps": score, "goal": float(goal_lp[goal]), "wiring": wiring,
                              "n": n}
                     scored.append({"graph": graph, "answer": run.answer, "ok": ok, "plausible": plausible,
@@ -688,14 +688,15 @@ class Solver:
         return Operand(Source.CONSTANT, self.constants[c - Q - S]), ("c", c - Q - S)
 
     @staticmethod
-    def _wiring(steps, no_edges: list, edge_gain: list, Q, S) -> float:
-        """C5's log probability of the graph's edges (step t feeds step s) and non-edges: every earlier step's
-        no-edge log probability (`no_edges[s]`, summed once per candidate row), plus what each edge the graph
-        has adds to it (`edge_gain[t][s]`); tens of graphs per row share the sums."""
+    def _wiring(steps, edge_lp, no_edge_lp, Q, S) -> float:
+        """C5's log probability of the graph's edges (step t feeds step s) and non-edges."""
+        # Summed in float32 term by term, as it always was: a per-row float64 rewrite (0.6 ms a problem faster)
+        # moved near-ties of the small test model's candidates, and with them a resumed run's answers.
         total = 0.0
         for s, (_, picks) in enumerate(steps):
-            total += no_edges[s] + sum(edge_gain[t][s] for t in {c - Q for c in picks if Q <= c < Q + S} if t < s)
-        return total
+            feeds = {c - Q for c in picks if Q <= c < Q + S}
+            total += sum(edge_lp[t, s] if t in feeds else no_edge_lp[t, s] for t in range(s))
+        return float(total)
 
     def _graph(self, question, quantities, groups, steps, goal, Q, S, targets: dict) -> Graph:
         """One decoded candidate as a Graph; `targets` keeps each pointer target's (Operand, key) for the
