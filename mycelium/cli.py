@@ -382,7 +382,8 @@ def train_cmd(run_dir: str = RunOpt,
     from pathlib import Path
 
     from .config import torch_device
-    from .data import load
+    from .contamination import Overlap, leave_out
+    from .data import evaluation_sets, load
     from .errors import MissingFile
     from .specialists import HEADS, SpecialistConfig, Specialists
     from .store import atomic_write
@@ -396,7 +397,13 @@ def train_cmd(run_dir: str = RunOpt,
     dev_ids = {p.id for p in load("gsm8k", "dev")}
     test_ids = {p.id for p in load("gsm8k", "test")}
     dev = [r for r in rows if r["id"] in dev_ids]
-    train_set = [r for r in rows if r["id"] not in dev_ids and r["id"] not in test_ids][:limit]
+    train_set = [r for r in rows if r["id"] not in dev_ids and r["id"] not in test_ids]
+    held_out = Overlap(p.question for p in evaluation_sets())  # e.g. ASDiv fit repeats MAWPS test problems
+    train_set, contaminated = leave_out(train_set, held_out)
+    train_set = train_set[:limit]
+    if contaminated:
+        typer.echo(f"left out {len(contaminated)} training examples that share {held_out.n} words with an evaluation "
+                   f"question (e.g. {contaminated[0]})")
     if constant_uses < 1:
         raise BadInput(f"--constant-uses must be at least 1 (got {constant_uses})")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=torch_device(device))  # checked before the model loads
@@ -416,7 +423,7 @@ def train_cmd(run_dir: str = RunOpt,
     best = max(state["history"], key=lambda h: h["score"])
     atomic_write(out / "metrics.json", json.dumps({"best": best, "history": state["history"],
                                                    "train_examples": len(train_set), "dev_examples": len(dev),
-                                                   "student_rows": students},
+                                                   "student_rows": students, "left_out_contaminated": contaminated},
                                                   indent=1).encode())
     typer.echo(f"trained on {len(train_set)} examples; best dev epoch {best['epoch']}: " + "  ".join(
         f"{k} {v:.3f}" for k, v in best.items() if k.startswith("c")))

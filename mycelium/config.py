@@ -50,7 +50,7 @@ def torch_device(name: str) -> str:
 @dataclasses.dataclass
 class DataConfig:
     root: str | None = None  # None: $MYCELIUM_DATA or ../shared/data
-    dev_size: int = 500  # problems carved from GSM8K train for tuning
+    dev_size: int = 500  # problems carved from GSM8K train for tuning (and from ASDiv, held out)
     seed: int = 0
 
 

@@ -80,6 +80,27 @@ def splits(name: str) -> list[str]:
     return list(spec["splits"]) + (["dev", "fit"] if "dev" in spec else [])
 
 
+def held_out_split(name: str) -> str:
+    """The split a dataset's reported figures come from: "test", or "dev" where test is carved into fit (training
+    data) and dev (held out), as ASDiv's is."""
+    spec = dataset_spec(name)
+    return "dev" if spec.get("dev", {}).get("from") == "test" else "test"
+
+
+def evaluation_sets(source: str = "local", root: str | None = None) -> list[Problem]:
+    """Every registered dataset's held-out split that can be read here (a test set not shipped is skipped):
+    what training data must not overlap."""
+    problems = []
+    for name in registry():
+        if "test" not in dataset_spec(name)["splits"]:
+            continue
+        try:
+            problems += load(name, held_out_split(name), source, root)
+        except (MissingFile, UnknownName):
+            continue
+    return problems
+
+
 def last_boxed(latex: str) -> str | None:
     """Contents of the last \\boxed{...} (or \\fbox{...}), braces matched."""
     start = max(latex.rfind("\\boxed{"), latex.rfind("\\fbox{"))
