@@ -276,7 +276,9 @@ def labels_build(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[
         raise BadInput(f"{run / 'traces'} holds no traces")
     table = constant_table(load("gsm8k", "fit", source, root), min_uses)
     constants = {r["value"] for r in table if r["kept"]}
-    problems = {p.id: p for split in ("train", "test") for p in load("gsm8k", split, source, root)}
+    # GSM8K, and any other dataset the run traced (ids are dataset/split/row), e.g. ASDiv fit as extra training data
+    traced = {tuple(i.split("/")[:2]) for i in store.done()} | {("gsm8k", "train"), ("gsm8k", "test")}
+    problems = {p.id: p for name, split in sorted(traced) for p in load(name, split, source, root)}
     reading = Reading.from_report(json.loads(rep_path.read_text()))
     examples, dropped = build(problems, store, reading, constants, progress=sys.stderr.isatty(), regions=regions)
     threshold = mark_bridging(examples)
@@ -594,7 +596,8 @@ def _answered(path, questions: list) -> int:
 
 @app.command("eval")
 def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, svamp, gsm_hard, asdiv, mawps, math500"),
-             split: str = typer.Option("test"), model: str = ModelOpt,
+             split: str = typer.Option("test", help="test: each dataset's held-out split (ASDiv's is dev: the "
+                                       "rest of it is training data); or dev, fit, ..."), model: str = ModelOpt,
              out: Optional[str] = typer.Option(None, help="report folder (default: <model>/../../eval)"),
              limit: Optional[int] = typer.Option(None, help="first N problems of each dataset"),
              beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt,
@@ -611,7 +614,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
     import hashlib
     from pathlib import Path
 
-    from .data import load, splits
+    from .data import held_out_split, load, splits
     from .evaluate import evaluate, table, write
     from .scorer import provenance
 
@@ -623,7 +626,8 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
     known = sorted({s for n in names for s in splits(n)})
     if split not in known:
         raise BadInput(f"unknown split {split!r}; the splits of {', '.join(names)}: {', '.join(known)}")
-    which = {n: split if split in splits(n) else "test" for n in names}  # test-only datasets use test
+    # "test" means each dataset's held-out split: ASDiv's is dev, the rest of its test split being training data
+    which = {n: split if split in splits(n) and split != "test" else held_out_split(n) for n in names}
     folder = Path(out) if out else Path(model).parent.parent / "eval"
     if folder.exists() and not folder.is_dir():
         raise BadInput(f"--out is the report's folder, and {folder} is a file")

@@ -322,7 +322,7 @@ function filter() {
   document.getElementById('shown').textContent = n + ' of ' + rows.length + ' shown';
 }
 document.getElementById('set').onchange = document.getElementById('verdict').onchange = filter;
-// index.html#verdict=grouping&set=asdiv/test opens filtered: a link to a set of errors
+// index.html#verdict=grouping&set=asdiv/dev opens filtered: a link to a set of errors
 for (const [k, v] of new URLSearchParams(location.hash.slice(1))) {
   const el = document.getElementById(k);
   if (el) el.value = v;

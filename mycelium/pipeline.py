@@ -5,7 +5,7 @@
     …
     dataset                n   acc %  oracle@k %   prob/s   …
     gsm8k/test           300     3.0        19.0     33.2   …
-    asdiv/test           300     2.3        31.3     42.1   …
+    asdiv/dev            300     2.3        31.3     42.1   …
     mawps/test           300     0.7        25.0     43.4   …
     wrote runs/quick/eval/index.html
 
@@ -45,6 +45,10 @@ class PipelineConfig:
     engine: str = "local"  # or ray: one teacher per core
     dev: int | None = None  # GSM8K dev problems to trace (None: all 500); they decide early stopping
     fit: int | None = None  # GSM8K fit problems to trace (None: all 6,973)
+    # Extra training data (../shared/data/README.md allows ASDiv and MAWPS; only ASDiv carries equations to trace):
+    # each dataset's fit split is traced too, its dev split held out for evaluation.
+    extra: list[str] = field(default_factory=lambda: ["asdiv"])
+    extra_limit: int | None = None  # fit problems traced of each extra dataset (None: all; ASDiv's are 1,715)
     select: int = 50  # traces the signals report chooses heads on
     regions: str = "attention"  # step regions of the labels: attention, or anchored on the step's operands
     signals_limit: int = 500  # traces the signals report reads
@@ -63,7 +67,7 @@ class PipelineConfig:
 
 
 PRESETS = {
-    "quick": PipelineConfig(run="runs/quick", dev=100, fit=400, select=30, epochs=4, eval_limit=300,
+    "quick": PipelineConfig(run="runs/quick", dev=100, fit=400, extra_limit=100, select=30, epochs=4, eval_limit=300,
                             scorer_limit=200, scorer_dev_limit=100),
     "full": PipelineConfig(),
 }
@@ -85,6 +89,10 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     for split, limit in (("dev", cfg.dev), ("fit", cfg.fit)):  # dev first: the signals report reads the first traces
         stage(f"trace gsm8k/{split}", ["trace", "--split", split, "--teacher", cfg.teacher, "--engine", cfg.engine,
                                        *(["--limit", str(limit)] if limit else []), *common])
+    for name in cfg.extra:
+        stage(f"trace {name}/fit", ["trace", "--dataset", name, "--split", "fit", "--teacher", cfg.teacher,
+                                    "--engine", cfg.engine, *(["--limit", str(cfg.extra_limit)] if cfg.extra_limit else []),
+                                    *common])
     store = TraceStore(run_dir / "traces")
     key, n = store.manifest["config_key"], len(store)
     report = run_dir / "signals" / "report.json"

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from mycelium.data import load
+
 
 def mycelium(*args, env=None):
     return subprocess.run([sys.executable, "-m", "mycelium.cli", *args], capture_output=True, text=True, env=env,
@@ -77,7 +79,7 @@ def test_eval_bad_arguments(tmp_path):
     assert_clean_error(mycelium("eval", "--dataset", ",", *model), "names no dataset")
     assert_clean_error(mycelium("eval", "--limit", "0", *model), "at least 1")
     assert_clean_error(mycelium("eval", "--split", "nope", *model), "unknown split 'nope'")
-    assert_clean_error(mycelium("eval", "--dataset", "asdiv", "--split", "dev", *model), "the splits of asdiv: test")
+    assert_clean_error(mycelium("eval", "--dataset", "mawps", "--split", "dev", *model), "the splits of mawps: test")
     assert_clean_error(mycelium("eval", "--out", str(tmp_path / "file"), *model), "is a file")
     assert_clean_error(mycelium("eval", "--groupings", "0", "--limit", "2", *model), "groupings must be at least 1")
     assert_clean_error(mycelium("solve", "x", "--batch-size", "0", *model), "batch-size must be at least 1")
@@ -144,6 +146,13 @@ def test_labels_build(tmp_path, tiny_teacher_dir):
     assert "4/4 traced problems labelled (100.0%)" in proc.stdout and "1/100" in proc.stdout
     rows = [json.loads(line) for line in (tmp_path / "run" / "labels" / "labels.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/3"]
+    # Extra training data in the same run: ASDiv's fit split, whose problems keep their ASDiv ids.
+    assert mycelium("trace", "--dataset", "asdiv", "--split", "fit", "--limit", "3", "--teacher", tiny_teacher_dir,
+                    "--run", run).returncode == 0
+    proc = mycelium("labels", "build", "--run", run)
+    assert proc.returncode == 0 and "problem not in the dataset" not in proc.stdout, proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "labels" / "labels.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows if r["id"].startswith("asdiv/")] == [p.id for p in load("asdiv", "fit")[:3]]
 
 
 @pytest.mark.slow

@@ -141,15 +141,15 @@ def report(trained_model_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_eval_writes_rows_summary_and_pages(report):
     out, stdout = report
-    assert "gsm8k/test" in stdout and "asdiv/test" in stdout and "oracle@k" in stdout and "index.html" in stdout
+    assert "gsm8k/test" in stdout and "asdiv/dev" in stdout and "oracle@k" in stdout and "index.html" in stdout
     rows = [json.loads(x) for x in (out / "gsm8k_test.jsonl").read_text().split("\n") if x]
     assert len(rows) == 6 and {"id", "answer", "gold", "correct", "oracle", "attribution", "graph", "reference"} <= set(rows[0])
     assert all(r["correct"] or r["attribution"] for r in rows)
     assert all(r["reference"] for r in rows)  # GSM8K has reference graphs; ASDiv has them from its formulas
     assert all(0 < sum(a["share"] for a in r["top_answers"]) <= 1 + 1e-9 for r in rows if r["answer"] is not None)
-    assert any(json.loads(x)["reference"] for x in (out / "asdiv_test.jsonl").read_text().split("\n") if x)
+    assert any(json.loads(x)["reference"] for x in (out / "asdiv_dev.jsonl").read_text().split("\n") if x)
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["dataset"] for s in summary] == ["gsm8k/test", "asdiv/test", "mawps/test"]
+    assert [s["dataset"] for s in summary] == ["gsm8k/test", "asdiv/dev", "mawps/test"]  # ASDiv: its held-out part
     assert (out / "pages" / "gsm8k_test_0.html").is_file() and (out / "pages" / "mawps_test_5.html").is_file()
     assert not (out / "partial").exists()  # the resume files go once the report holds every answer
 
@@ -163,8 +163,8 @@ def test_eval_report_renders_in_headless_chromium(report, tmp_path):
                          capture_output=True, text=True, timeout=120).stdout
     assert 'id="summary"' in dom and 'id="problems"' in dom and "pages/gsm8k_test_0.html" in dom
     assert "18 of 18 shown" in dom  # 6 problems from each of 3 sets
-    wrong = sum(not json.loads(x)["correct"] for x in (out / "asdiv_test.jsonl").read_text().split("\n") if x)
-    url = (out / "index.html").as_uri() + "#set=asdiv/test&verdict="
+    wrong = sum(not json.loads(x)["correct"] for x in (out / "asdiv_dev.jsonl").read_text().split("\n") if x)
+    url = (out / "index.html").as_uri() + "#set=asdiv/dev&verdict="
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={user}", "--dump-dom", url + "correct"],
                          capture_output=True, text=True, timeout=120).stdout
     assert f"{6 - wrong} of 18 shown" in dom  # a link opens the report filtered

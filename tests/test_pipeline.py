@@ -18,13 +18,14 @@ def mycelium(*args):
 def test_presets_are_data():
     quick, full = PRESETS["quick"], PRESETS["full"]
     assert full.fit is None and full.dev is None and full.eval_limit is None  # all of GSM8K train; whole test sets
+    assert full.extra == ["asdiv"] and full.extra_limit is None and quick.extra_limit  # ASDiv fit as extra training data
     assert quick.fit and quick.dev and quick.eval_limit and quick.run != full.run
 
 
 @pytest.mark.slow
 def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg = tmp_path / "small.yaml"
-    cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8,
+    cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8, "extra_limit": 2,
                                    "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8, "scorer_dev_limit": 4,
                                    "eval_datasets": ["gsm8k", "asdiv"], "seed": 3,
                                    "improve_rounds": 1}))
@@ -36,7 +37,8 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
                  "eval/gsm8k_test.jsonl", "eval/index.html", "pipeline.json",
                  "labels/students-r1.jsonl", "labels/students-r1.json", "models/minilm-r1/scorer.json"):
         assert (run / path).exists(), path
-    assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 12
+    assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 14  # GSM8K 12, ASDiv fit 2
+    assert {"gsm8k", "asdiv"} == {json.loads(x)["id"].split("/")[0] for x in (run / "labels" / "labels.jsonl").read_text().split("\n") if x}
     with safe_open(str(run / "models" / "minilm" / "checkpoint.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["state"])["fingerprint"]["train"]["seed"] == 3  # the config's seed reached training
     assert "round 1: GSM8K dev" in first.stderr  # the self-improving loop ran one round and measured it
@@ -44,7 +46,7 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "harvested by this model with these settings: kept" in again.stdout
     assert "signals: cached" in again.stderr and "labels: cached" in again.stderr and "fitted on this model with these settings: kept" in again.stdout
-    assert again.stdout.count("12 traces in") == 2  # both trace stages found everything traced
+    assert again.stdout.count("14 traces in") == 3  # every trace stage found everything traced
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["last_run"]["problems"] == 0
     refit = mycelium("scorer", "--model", str(run / "models" / "minilm"), "--limit", "8", "--dev-limit", "4", "--refit")
     assert refit.returncode == 0 and "fitted on 8 GSM8K fit" in refit.stdout, refit.stderr[-3000:]
