@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="smollm2")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0, help="solver processes: 0 = one per CPU core, 1 = in-process")
-    ap.add_argument("--encoder-dtype", default="float32", help="float32, bfloat16 or auto")
+    ap.add_argument("--encoder-dtype", default="auto", help="auto (bfloat16 where the CPU has it), bfloat16 or float32")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     if args.cot_limit < 1 or (args.limit is not None and args.limit < 1):

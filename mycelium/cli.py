@@ -27,8 +27,8 @@ app.add_typer(data_app, name="data")
 SourceOpt = typer.Option("local", "--source", help="local, hub, or a path (.jsonl file or dataset folder)")
 RootOpt = typer.Option(None, "--data-root", envvar="MYCELIUM_DATA", help="folder of JSON Lines datasets")
 WorkersOpt = typer.Option(0, help="solver processes for many questions: 0 = one per CPU core, 1 = this process only")
-DtypeOpt = typer.Option("float32", "--encoder-dtype", help="the encoder's arithmetic: float32, bfloat16 (faster; "
-                        "answers then depend a little on batch-mates) or auto (bfloat16 where the CPU has it)")
+DtypeOpt = typer.Option("auto", "--encoder-dtype", help="the encoder's arithmetic: auto (bfloat16 where the CPU has "
+                        "it natively, else float32), bfloat16 or float32")
 
 
 @data_app.command("list")
