@@ -52,5 +52,8 @@ def leave_out(rows: list[dict], held_out: Overlap) -> tuple[list[dict], list[str
     """Training rows (dicts with id and question) that share no run with `held_out`, and the ids of those that do."""
     kept, out = [], []
     for r in rows:
-        (out.append(r["id"]) if held_out.hits(r["question"]) else kept.append(r))
+        if held_out.hits(r["question"]):
+            out.append(r["id"])
+        else:
+            kept.append(r)
     return kept, out

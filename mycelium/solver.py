@@ -527,7 +527,7 @@ class Solver:
             # Padded to a multiple of 16 tokens, a question's encoder states do not depend on its batch-mates, in
             # bfloat16 too. Measured on an AVX-512 CPU: padded to any length from its own rounded up to 16, a
             # question's states are the same bit for bit; padded to a length short of that, they differ by up to
-            # 0.02 in bfloat16 (the attention's kernels block the keys by 16). Batch size and threads change nothing.
+            # 0.02 in bfloat16. Batch size and threads change nothing, and neither do the linear layers alone.
             batch["tok"] = self.model.tokenizer(texts, return_offsets_mapping=True, padding=True, truncation=True,
                                                 max_length=self.model.config.max_tokens, pad_to_multiple_of=16,
                                                 return_tensors="pt")
