@@ -371,6 +371,8 @@ def labelled_rows(run_dir: str, students: str | None = None) -> list[dict]:
 def train_cmd(run_dir: str = RunOpt,
               specialist: str = typer.Option("all", help="C1..C6 (comma-separated) or all"),
               backbone: str = typer.Option("minilm", help="minilm (embedded), a hub id, or a folder"),
+              encoder_layers: Optional[int] = typer.Option(None, help="keep the backbone's first N layers (default: "
+                                                           "all); the model folder is then BACKBONE-lN"),
               epochs: int = typer.Option(8), batch_size: int = typer.Option(16), seed: int = typer.Option(0),
               device: str = typer.Option("cpu", help="cpu, or cuda where there is a GPU"),
               limit: Optional[int] = typer.Option(None, help="train on the first N training examples"),
@@ -383,6 +385,7 @@ def train_cmd(run_dir: str = RunOpt,
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
 
+    from .backbone import model_name
     from .config import torch_device
     from .contamination import Overlap, leave_out
     from .data import evaluation_sets, load
@@ -419,8 +422,8 @@ def train_cmd(run_dir: str = RunOpt,
     elif c2_labels != "ops":
         raise BadInput(f"unknown C2 label set {c2_labels!r}; use ops or templates")
     model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants, c2_labels=c2_labels,
-                                                n_templates=n_templates), seed=seed)
-    out = Path(out_dir) if out_dir else run / "models" / backbone.replace("/", "_")
+                                                n_templates=n_templates, encoder_layers=encoder_layers), seed=seed)
+    out = Path(out_dir) if out_dir else run / "models" / model_name(backbone, encoder_layers)
     state = train(model, train_set, dev, cfg, out, heads)
     best = max(state["history"], key=lambda h: h["score"])
     atomic_write(out / "metrics.json", json.dumps({"best": best, "history": state["history"],

@@ -42,6 +42,7 @@ class PipelineConfig:
     run: str = "runs/main"
     teacher: str = "smollm2"
     backbone: str = "minilm"
+    encoder_layers: int | None = None  # keep the backbone's first N layers (None: all); the model is models/BACKBONE-lN
     engine: str = "local"  # or ray: one teacher per core
     dev: int | None = None  # GSM8K dev problems to trace (None: all 500); they decide early stopping
     fit: int | None = None  # GSM8K fit problems to trace (None: all 6,973)
@@ -74,6 +75,7 @@ PRESETS = {
 
 
 def run(cfg: PipelineConfig, root: str | None = None) -> None:
+    from .backbone import model_name
     from .cli import app
     from .store import TraceStore, atomic_write
 
@@ -111,10 +113,12 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
         typer.echo("── labels: cached (made from these traces and signals)", err=True)
     else:
         stage("labels build", ["labels", "build", "--regions", cfg.regions, *common])
-    train = ["train", "--backbone", cfg.backbone, "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
-             "--seed", str(cfg.seed), *common]
+    layers = ["--encoder-layers", str(cfg.encoder_layers)] if cfg.encoder_layers else []
+    train = ["train", "--backbone", cfg.backbone, *layers, "--epochs", str(cfg.epochs), "--batch-size",
+             str(cfg.batch_size), "--seed", str(cfg.seed), *common]
     stage("train", train)
-    model = run_dir / "models" / cfg.backbone.replace("/", "_")
+    name = model_name(cfg.backbone, cfg.encoder_layers)
+    model = run_dir / "models" / name
     search = ["--beam", str(cfg.beam), "--groupings", str(cfg.groupings)]
 
     def scorer(name: str, folder: Path) -> float:
@@ -129,7 +133,7 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
         students = run_dir / "labels" / f"students-r{r}.jsonl"
         stage(f"improve (round {r})", ["improve", "--model", str(model), "--out", str(students), *search,
                                        *(["--limit", str(cfg.fit)] if cfg.fit else []), *common])
-        new = model.with_name(f"{cfg.backbone.replace('/', '_')}-r{r}")
+        new = model.with_name(f"{name}-r{r}")
         stage(f"train (round {r})", [*train, "--students", str(students), "--out", str(new)])
         gained = scorer(f"scorer (round {r})", new) - accuracy
         typer.echo(f"\n── round {r}: GSM8K dev {accuracy:.1%} → {accuracy + gained:.1%}", err=True)

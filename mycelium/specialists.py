@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbone import backbone_folder
+from .backbone import backbone_folder, keep_layers
 from .clauses import MAX_WIDTH
 
 OPS = ["add", "sub", "mul", "div", "pow"]
@@ -50,6 +50,7 @@ class SpecialistConfig:
     c2_labels: str = "ops"  # ops: add/sub/mul/div/pow | templates: IB templates (labels templates)
     n_templates: int = 0
     trust_remote_code: bool = False
+    encoder_layers: int | None = None  # keep the backbone's first N layers (None: all); the encoder is the solver's largest cost
 
 
 class Specialists(nn.Module):
@@ -98,8 +99,8 @@ class Specialists(nn.Module):
         else:
             name, kw = str(backbone_folder(config.backbone)), {}
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code, **kw)
-        enc = AutoModel.from_pretrained(name, trust_remote_code=config.trust_remote_code,
-                                        **(kw or {"use_safetensors": True}))
+        enc = keep_layers(AutoModel.from_pretrained(name, trust_remote_code=config.trust_remote_code,
+                                                    **(kw or {"use_safetensors": True})), config.encoder_layers)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "right"  # the solver slices padded reads; positions must not shift

@@ -28,19 +28,21 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8, "extra_limit": 2,
                                    "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8, "scorer_dev_limit": 4,
                                    "eval_datasets": ["gsm8k", "asdiv"], "seed": 3,
-                                   "improve_rounds": 1}))
+                                   "improve_rounds": 1, "encoder_layers": 2}))
     first = mycelium("run", "--config", str(cfg))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "acc %" in first.stdout and "eval/index.html" in first.stdout
     run = tmp_path / "run"
-    for path in ("traces/manifest.json", "signals/report.json", "labels/labels.jsonl", "models/minilm/model.safetensors", "models/minilm/scorer.json",
+    for path in ("traces/manifest.json", "signals/report.json", "labels/labels.jsonl", "models/minilm-l2/model.safetensors", "models/minilm-l2/scorer.json",
                  "eval/gsm8k_test.jsonl", "eval/index.html", "pipeline.json",
-                 "labels/students-r1.jsonl", "labels/students-r1.json", "models/minilm-r1/scorer.json"):
+                 "labels/students-r1.jsonl", "labels/students-r1.json", "models/minilm-l2-r1/scorer.json"):
         assert (run / path).exists(), path
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 14  # GSM8K 12, ASDiv fit 2
     assert {"gsm8k", "asdiv"} == {json.loads(x)["id"].split("/")[0] for x in (run / "labels" / "labels.jsonl").read_text().split("\n") if x}
-    with safe_open(str(run / "models" / "minilm" / "checkpoint.safetensors"), framework="pt") as f:
-        assert json.loads(f.metadata()["state"])["fingerprint"]["train"]["seed"] == 3  # the config's seed reached training
+    with safe_open(str(run / "models" / "minilm-l2" / "checkpoint.safetensors"), framework="pt") as f:
+        fingerprint = json.loads(f.metadata()["state"])["fingerprint"]
+    assert fingerprint["train"]["seed"] == 3  # the config's seed reached training
+    assert fingerprint["model"]["specialists"]["encoder_layers"] == 2  # and the cut backbone: MiniLM's first 2 layers
     assert "round 1: GSM8K dev" in first.stderr  # the self-improving loop ran one round and measured it
     again = mycelium("run", "--config", str(cfg))
     assert again.returncode == 0, again.stderr[-3000:]
@@ -48,7 +50,7 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     assert "signals: cached" in again.stderr and "labels: cached" in again.stderr and "fitted on this model with these settings: kept" in again.stdout
     assert again.stdout.count("14 traces in") == 3  # every trace stage found everything traced
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["last_run"]["problems"] == 0
-    refit = mycelium("scorer", "--model", str(run / "models" / "minilm"), "--limit", "8", "--dev-limit", "4", "--refit")
+    refit = mycelium("scorer", "--model", str(run / "models" / "minilm-l2"), "--limit", "8", "--dev-limit", "4", "--refit")
     assert refit.returncode == 0 and "fitted on 8 GSM8K fit" in refit.stdout, refit.stderr[-3000:]
     cfg.write_text(cfg.read_text().replace("scorer_limit: 8", "scorer_limit: 6"))
     other = mycelium("run", "--config", str(cfg))  # a scorer fitted with other settings is not reused

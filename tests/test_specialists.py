@@ -213,3 +213,39 @@ def test_a_checkpoint_from_another_model_starts_over(tmp_path, capsys):
     other = Specialists.create(SpecialistConfig(constants=["1/100", "365"]))  # another constant table: other shapes
     state = train(other, [EXAMPLE, SECOND], [EXAMPLE], cfg, tmp_path, progress=False)
     assert [h["epoch"] for h in state["history"]] == [1] and "starting over" in capsys.readouterr().err
+
+
+def test_a_cut_encoder_is_the_full_ones_lower_layers(tiny_teacher_dir):
+    from transformers import AutoModel
+
+    from mycelium.backbone import backbone_folder, keep_layers, model_name
+    from mycelium.errors import BadInput
+
+    ids, mask = torch.randint(5, 1000, (2, 12)), torch.ones(2, 12, dtype=torch.long)
+    for name, n in ((str(backbone_folder()), 3), (tiny_teacher_dir, 1)):  # BERT's encoder.layer, Llama's layers
+        full = AutoModel.from_pretrained(name, use_safetensors=True).eval()
+        cut = keep_layers(AutoModel.from_pretrained(name, use_safetensors=True), n).eval()
+        with torch.no_grad():
+            states = full(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            mine = cut(input_ids=ids, attention_mask=mask).last_hidden_state
+        want = full.norm(states[n]) if hasattr(full, "norm") else states[n]  # a decoder's last norm stays on top
+        assert torch.allclose(mine, want, atol=1e-5), name
+        assert cut.config.num_hidden_layers == n
+        assert sum(p.numel() for p in cut.parameters()) < sum(p.numel() for p in full.parameters())
+        for bad in (0, full.config.num_hidden_layers + 1):
+            with pytest.raises(BadInput, match="encoder layers must be between 1"):
+                keep_layers(AutoModel.from_pretrained(name, use_safetensors=True), bad)
+    assert model_name("minilm") == "minilm" and model_name("minilm", 3) == "minilm-l3"
+    assert model_name("Qwen/Qwen2.5-0.5B") == "Qwen_Qwen2.5-0.5B"
+
+
+def test_a_cut_model_saves_and_loads_cut(tmp_path):
+    m = Specialists.create(SpecialistConfig(constants=["1/100"], encoder_layers=2), seed=0).eval()
+    assert len(m.encoder.encoder.layer) == 2
+    save_model(m, tmp_path, {})
+    again = load_model(tmp_path)
+    assert again.config.encoder_layers == 2 and again.state_dict().keys() == m.state_dict().keys()
+    b = encode(m, [EXAMPLE, SECOND])
+    with torch.no_grad():
+        a, c = m(b), again(b)
+    assert all(torch.allclose(a[k], c[k]) for k in a)
