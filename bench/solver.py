@@ -28,7 +28,8 @@ from mycelium.data import load  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="runs/main/models/minilm")
+    ap.add_argument("--model", default="runs/main/models/minilm",
+                    help="a model folder, or several comma-separated: each is timed on the same problems, side by side")
     ap.add_argument("--dataset", default="gsm8k")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None, help="problems for the solver (default: the whole split)")
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0, help="solver processes: 0 = one per CPU core, 1 = in-process")
     ap.add_argument("--encoder-dtype", default="auto", help="auto (bfloat16 where the CPU has it), bfloat16 or float32")
+    ap.add_argument("--groupings", type=int, default=None, help="plans per problem (default: the solver's, 16)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     if args.cot_limit < 1 or (args.limit is not None and args.limit < 1):
@@ -48,26 +50,19 @@ def main() -> None:
     from tqdm import tqdm
 
     from mycelium.errors import MyceliumError
-    from mycelium.solver import Solver, SolverConfig
     from mycelium.teacher import Teacher, TeacherConfig
     from mycelium.tracer import final_number
 
     try:
         problems = load(args.dataset, args.split)[: args.limit]
-        if not (Path(args.model) / "model.safetensors").is_file():
-            ap.error(f"no trained specialists in {args.model}: run `mycelium train` first (or pass --model)")
-        solver = Solver.load(args.model, SolverConfig(batch_size=args.batch_size, workers=args.workers,
-                                                        encoder_dtype=args.encoder_dtype))
+        folders = [m.strip() for m in args.model.split(",") if m.strip()]
+        for folder in folders:
+            if not (Path(folder) / "model.safetensors").is_file():
+                ap.error(f"no trained specialists in {folder}: run `mycelium train` first (or pass --model)")
+        # Each model on the same problems in turn, warm before its clock starts, with the cores to itself.
+        solved = [solver_run(folder, problems, args) for folder in folders]
     except MyceliumError as e:
         ap.error(str(e))
-    solver.solve_batch([problems[0].question])  # warm-up: spaCy, fastText, first-call allocations
-    solver.start()  # the worker processes load the model and warm up before the clock starts
-    t0 = time.monotonic()
-    sols = list(solver.solve_each([p.question for p in problems], "solver"))
-    solver_s = time.monotonic() - t0
-    solver_ok = [answers_match(s.answer, p.answer) for s, p in zip(sols, problems)]
-    workers = solver.workers
-    solver.close()  # the teacher gets the cores to itself
 
     cot = problems[: args.cot_limit]
     teacher = Teacher.load(TeacherConfig(model=args.teacher, threads=torch.get_num_threads()))
@@ -78,22 +73,44 @@ def main() -> None:
     cot_s = time.monotonic() - t0
     cot_ok = [answers_match(final_number(t), p.answer) for t, p in zip(texts, cot)]
 
-    rows = [("mycelium solver (batched)", len(problems), len(problems) / solver_s, sum(solver_ok) / len(problems)),
-            (f"teacher CoT ({args.teacher}, greedy)", len(cot), len(cot) / cot_s, sum(cot_ok) / max(len(cot), 1))]
-    print(f"\n{'system':<34}{'problems':>9}{'problems/s':>13}{'accuracy':>10}{'s/problem':>11}")
-    for name, n, rate, acc in rows:
-        print(f"{name:<34}{n:>9}{rate:>13.2f}{100 * acc:>9.1f}%{1 / rate:>11.4f}")
-    ratio = rows[0][2] / rows[1][2]
-    same = sum(solver_ok[: len(cot)]) / max(len(cot), 1)
-    print(f"solver / CoT throughput ratio: {ratio:.0f}×   (same first {len(cot)} problems: solver {100 * same:.1f}%, "
-          f"CoT {100 * rows[1][3]:.1f}%)   solver processes: {workers}   teacher threads: {torch.get_num_threads()}")
+    cot_row = (f"teacher CoT ({args.teacher}, greedy)", len(cot), len(cot) / cot_s, sum(cot_ok) / max(len(cot), 1))
+    rows = [(name, len(problems), len(problems) / secs, sum(ok) / len(problems)) for name, secs, ok, _ in solved]
+    print(f"\n{'system':<40}{'problems':>9}{'problems/s':>13}{'accuracy':>10}{'s/problem':>11}")
+    for name, n, rate, acc in rows + [cot_row]:
+        print(f"{name:<40}{n:>9}{rate:>13.2f}{100 * acc:>9.1f}%{1 / rate:>11.4f}")
+    same = [sum(ok[: len(cot)]) / max(len(cot), 1) for _, _, ok, _ in solved]
+    for row, acc in zip(rows, same):
+        print(f"{row[0]} / CoT throughput ratio: {row[2] / cot_row[2]:.0f}×   (same first {len(cot)} problems: solver "
+              f"{100 * acc:.1f}%, CoT {100 * cot_row[3]:.1f}%)")
+    print(f"solver processes: {solved[0][3]}   teacher threads: {torch.get_num_threads()}")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": [dict(zip(("system", "problems", "problems_per_s", "accuracy"), r))
-                                                       for r in rows], "ratio": ratio,
-                                              "solver_accuracy_on_cot_problems": same,
-                                              "solver_processes": workers,
+                                                       for r in rows + [cot_row]],
+                                              "ratio": rows[0][2] / cot_row[2],  # the first model's
+                                              "ratios": {r[0]: r[2] / cot_row[2] for r in rows},
+                                              "solver_accuracy_on_cot_problems": same[0],
+                                              "solver_processes": solved[0][3],
                                               "examples": [{"id": p.id, "cot": t} for p, t in zip(cot[:5], texts)]},
                                              indent=1))
+
+
+def solver_run(folder: str, problems, args) -> tuple[str, float, list[bool], int]:
+    """One model over the problems: its row name, seconds, right or wrong per problem, and solver processes."""
+    from mycelium.solver import Solver, SolverConfig
+
+    solver = Solver.load(folder, SolverConfig(batch_size=args.batch_size, workers=args.workers,
+                                              encoder_dtype=args.encoder_dtype,
+                                              **({"groupings": args.groupings} if args.groupings else {})))
+    solver.solve_batch([problems[0].question])  # warm-up: spaCy, fastText, first-call allocations
+    solver.start()  # the worker processes load the model and warm up before the clock starts
+    t0 = time.monotonic()
+    sols = list(solver.solve_each([p.question for p in problems], f"solver {Path(folder).name}"))
+    secs = time.monotonic() - t0
+    workers = solver.workers
+    solver.close()  # the next model, then the teacher, get the cores to themselves
+    layers = solver.model.encoder.config.num_hidden_layers
+    name = f"solver {Path(folder).name} ({layers} layers, {solver.config.groupings} plans)"
+    return name, secs, [answers_match(s.answer, p.answer) for s, p in zip(sols, problems)], workers
 
 
 if __name__ == "__main__":
