@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="solver processes: 0 = one per CPU core, 1 = in-process")
     ap.add_argument("--encoder-dtype", default="auto", help="auto (bfloat16 where the CPU has it), bfloat16 or float32")
     ap.add_argument("--groupings", type=int, default=None, help="plans per problem (default: the solver's, 16)")
+    ap.add_argument("--stages", type=int, default=0, help="also time each stage (before the encoder, the encoder, "
+                    "after it) per problem on one core, over the first N problems")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     if args.cot_limit < 1 or (args.limit is not None and args.limit < 1):
@@ -61,6 +63,7 @@ def main() -> None:
                 ap.error(f"no trained specialists in {folder}: run `mycelium train` first (or pass --model)")
         # Each model on the same problems in turn, warm before its clock starts, with the cores to itself.
         solved = [solver_run(folder, problems, args) for folder in folders]
+        stages = [stage_times(folder, problems[: args.stages], args) for folder in folders] if args.stages else []
     except MyceliumError as e:
         ap.error(str(e))
 
@@ -83,6 +86,11 @@ def main() -> None:
         print(f"{row[0]} / CoT throughput ratio: {row[2] / cot_row[2]:.0f}×   (same first {len(cot)} problems: solver "
               f"{100 * acc:.1f}%, CoT {100 * cot_row[3]:.1f}%)")
     print(f"solver processes: {solved[0][3]}   teacher threads: {torch.get_num_threads()}")
+    if stages:
+        print(f"\nms per problem on one core (first {args.stages}, batches of {args.batch_size}, no pipeline)")
+        print(f"{'system':<40}{'before encoder':>15}{'encoder':>9}{'after':>8}{'total':>8}")
+        for row, times in zip(rows, stages):
+            print(f"{row[0]:<40}" + "".join(f"{1000 * t:>{w}.1f}" for t, w in zip(times + [sum(times)], (15, 9, 8, 8))))
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": [dict(zip(("system", "problems", "problems_per_s", "accuracy"), r))
                                                        for r in rows + [cot_row]],
@@ -90,8 +98,42 @@ def main() -> None:
                                               "ratios": {r[0]: r[2] / cot_row[2] for r in rows},
                                               "solver_accuracy_on_cot_problems": same[0],
                                               "solver_processes": solved[0][3],
+                                              "stage_seconds_per_problem": {r[0]: dict(zip(("before", "encoder", "after"), t))
+                                                                            for r, t in zip(rows, stages)},
                                               "examples": [{"id": p.id, "cot": t} for p, t in zip(cot[:5], texts)]},
                                              indent=1))
+
+
+def stage_times(folder: str, problems, args) -> list[float]:
+    """Seconds per problem, on one core, in the solver's three stages: before the encoder (refusals, quantities,
+    tokens, spaCy's clauses), the encoder (and C1's relevance), and after it (plans, heads, decoding, execution,
+    ranking). The stages run one after the other here, not pipelined, so each is timed alone."""
+    import torch
+
+    from mycelium.solver import Solver, SolverConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        solver = Solver.load(folder, SolverConfig(batch_size=args.batch_size, workers=1, encoder_dtype=args.encoder_dtype,
+                                                  **({"groupings": args.groupings} if args.groupings else {})))
+        questions = [p.question for p in problems]
+        solver.solve_batch(questions[: args.batch_size])  # warm-up
+        chunks = [questions[i:i + args.batch_size] for i in range(0, len(questions), args.batch_size)]
+        times = [0.0, 0.0, 0.0]
+        for chunk in chunks:
+            t0 = time.perf_counter()
+            batch = solver._prepare(chunk)
+            t1 = time.perf_counter()
+            batch = solver._encode(batch)
+            t2 = time.perf_counter()
+            solver._finish(batch)
+            t3 = time.perf_counter()
+            for k, t in enumerate((t1 - t0, t2 - t1, t3 - t2)):
+                times[k] += t
+        return [t / max(len(questions), 1) for t in times]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def solver_run(folder: str, problems, args) -> tuple[str, float, list[bool], int]:
