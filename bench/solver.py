@@ -6,6 +6,15 @@
     teacher CoT (smollm2, greedy)            32         0.27      3.1%     3.6876
     solver / CoT throughput ratio: 152×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
 
+Several models side by side, and where each one's time goes (stop 23, a machine without native bfloat16;
+the first model is a 6-layer stand-in, exact for its encoder's column only):
+
+    $ python bench/solver.py --model /tmp/m6,runs/main/models/minilm-l3 --limit 320 --stages 320 --cot-limit 1
+    ms per problem on one core (first 320, batches of 64, no pipeline)
+    system                                   before encoder  encoder   after   total
+    solver m6 (6 layers, 16 plans)                      7.6     54.6    14.7    76.9
+    solver minilm-l3 (3 layers, 16 plans)               7.1     26.4    20.6    54.2
+
 The solver runs on every problem in batches (one encoder pass per batch); the
 teacher generates a greedy chain-of-thought (batched, left-padded) for the
 first --cot-limit of the same problems, and its last written number is its
