@@ -113,19 +113,23 @@ def main() -> None:
                                              indent=1))
 
 
+def load_solver(folder: str, args, workers: int):
+    from mycelium.solver import Solver, SolverConfig
+
+    return Solver.load(folder, SolverConfig(batch_size=args.batch_size, workers=workers, encoder_dtype=args.encoder_dtype,
+                                            **({"groupings": args.groupings} if args.groupings else {})))
+
+
 def stage_times(folder: str, problems, args) -> list[float]:
     """Seconds per problem, on one core, in the solver's three stages: before the encoder (refusals, quantities,
     tokens, spaCy's clauses), the encoder (and C1's relevance), and after it (plans, heads, decoding, execution,
     ranking). The stages run one after the other here, not pipelined, so each is timed alone."""
     import torch
 
-    from mycelium.solver import Solver, SolverConfig
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        solver = Solver.load(folder, SolverConfig(batch_size=args.batch_size, workers=1, encoder_dtype=args.encoder_dtype,
-                                                  **({"groupings": args.groupings} if args.groupings else {})))
+        solver = load_solver(folder, args, workers=1)
         questions = [p.question for p in problems]
         solver.solve_batch(questions[: args.batch_size])  # warm-up
         chunks = [questions[i:i + args.batch_size] for i in range(0, len(questions), args.batch_size)]
@@ -147,11 +151,7 @@ def stage_times(folder: str, problems, args) -> list[float]:
 
 def solver_run(folder: str, problems, args) -> tuple[str, float, list[bool], int]:
     """One model over the problems: its row name, seconds, right or wrong per problem, and solver processes."""
-    from mycelium.solver import Solver, SolverConfig
-
-    solver = Solver.load(folder, SolverConfig(batch_size=args.batch_size, workers=args.workers,
-                                              encoder_dtype=args.encoder_dtype,
-                                              **({"groupings": args.groupings} if args.groupings else {})))
+    solver = load_solver(folder, args, args.workers)
     solver.solve_batch([problems[0].question])  # warm-up: spaCy, fastText, first-call allocations
     solver.start()  # the worker processes load the model and warm up before the clock starts
     t0 = time.monotonic()
