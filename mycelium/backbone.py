@@ -63,8 +63,8 @@ def keep_layers(encoder, n: int | None):
     if not stacks:
         raise BadInput(f"cannot find the {total} layers of {type(encoder).__name__} to keep {n} of them")
     name, stack = stacks[0]
-    parent = encoder.get_submodule(name.rpartition(".")[0]) if "." in name else encoder
-    setattr(parent, name.rpartition(".")[2], nn.ModuleList(list(stack)[:n]))
+    parent, _, attr = name.rpartition(".")  # "" is the encoder itself
+    setattr(encoder.get_submodule(parent), attr, nn.ModuleList(list(stack)[:n]))
     encoder.config.num_hidden_layers = n
     if isinstance(getattr(encoder.config, "layer_types", None), list):  # per-layer attention kinds (Qwen2, Gemma)
         encoder.config.layer_types = encoder.config.layer_types[:n]

@@ -113,7 +113,7 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
         typer.echo("── labels: cached (made from these traces and signals)", err=True)
     else:
         stage("labels build", ["labels", "build", "--regions", cfg.regions, *common])
-    layers = ["--encoder-layers", str(cfg.encoder_layers)] if cfg.encoder_layers else []
+    layers = ["--encoder-layers", str(cfg.encoder_layers)] if cfg.encoder_layers is not None else []  # 0: train says no
     train = ["train", "--backbone", cfg.backbone, *layers, "--epochs", str(cfg.epochs), "--batch-size",
              str(cfg.batch_size), "--seed", str(cfg.seed), *common]
     stage("train", train)
