@@ -15,7 +15,8 @@ from mycelium.data import get
 from mycelium.errors import BadInput
 from mycelium.evaluate import evaluate
 from mycelium.numbers import find_quantities
-from mycelium.solver import Solver, SolverConfig, _language_model, decode, detect_language, groupings, value_type
+from mycelium.solver import Solver, SolverConfig, _language_model, decode, detect_language, groupings, plans, value_type
+from mycelium.specialists import SpecialistConfig, Specialists, encode
 
 from .test_specialists import EXAMPLE, SECOND
 
@@ -87,6 +88,37 @@ def test_decode_takes_the_best_choices_and_respects_arity_and_padding():
                   allowed.expand(2, -1, -1), torch.tensor([2, 1]), beam=4)
     assert rows[0] == decode(op_logits, by_operand, c3, allowed, two, beam=4)[0]
     assert all(len(steps) == 1 for _, steps in rows[1]) and rows[1][0][1] == [(2, [0, 1])]
+
+
+def test_the_plan_beam_scores_a_plan_as_training_does():
+    """Each plan the solver's beam returns has the log probability that the teacher-forced plan head gives the
+    same steps: the beam's contexts, offsets and widths are the ones training sees."""
+    m = Specialists.create(SpecialistConfig(constants=["1/100", "365"]), seed=0).eval()
+    ex = {**EXAMPLE, "clauses": [[0, 48], [50, 93], [95, 154]]}
+    clauses = [tuple(c) for c in ex["clauses"]]
+    tok = m.tokenizer([ex["question"]], return_offsets_mapping=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = m.read(tok["input_ids"], tok["attention_mask"])
+        found = plans(m, hidden, tok["attention_mask"], tok["offset_mapping"], [clauses], beam=12, top=12)[0]
+    assert len(found) == 12 and any(r is None for _, regions in found for r in regions)
+    assert any(sum(r is not None for r in regions) >= 2 for _, regions in found)  # a step after a read region
+    for lp, regions in found:
+        steps = []
+        for r in regions:
+            run = None if r is None else [next(k for k, c in enumerate(clauses) if c[0] == r[0]),
+                                          next(k for k, c in enumerate(clauses) if c[1] == r[1])]
+            steps.append({"op": "add", "region": None if r is None else list(r), "clauses": run, "depends_on": [],
+                          "operands": []})
+        batch = encode(m, [{**ex, "steps": steps}])
+        with torch.no_grad():
+            out = m(batch)
+        y = batch["plan_targets"]
+        start = torch.log_softmax(out["plan_start"][0], -1).gather(1, y["start"][0, :, None])[:, 0]  # [step + 1]
+        total = float(start.sum())
+        for s in range(len(steps)):
+            if y["end"][0, s] >= 0:
+                total += float(torch.log_softmax(out["plan_end"][0, s], -1)[y["end"][0, s]])
+        assert total == pytest.approx(lp, abs=1e-3), regions
 
 
 def test_value_type():
