@@ -177,9 +177,10 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
 
     Each plan is (log prob, [region per step]), a region being a character
     span (a run of up to MAX_WIDTH clauses) or None for an implicit step that
-    reads no clause. Every beam of every question advances together.
+    reads no clause. Every beam of every question advances together, on the states' device.
     """
     B, T, d = hidden.shape
+    dev = hidden.device
     K, W = max(1, max(len(c) for c in clause_spans)), MAX_WIDTH
     clause_mask, region_mask = np.zeros((B, K, T), dtype=bool), np.zeros((B, K, W, T), dtype=bool)
     region_ok = torch.zeros(B, K, W, dtype=torch.bool)
@@ -195,23 +196,24 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
             region_ok[j, k, w] = True
         ks, ws = zip(*runs)
         region_mask[j, list(ks), list(ws)] = span_masks(offs[j], [spans[j, k, w] for k, w in runs])
-    clause_mask, region_mask = torch.from_numpy(clause_mask).float(), torch.from_numpy(region_mask).float()
+    clause_mask, region_mask = torch.from_numpy(clause_mask).float().to(dev), torch.from_numpy(region_mask).float().to(dev)
+    region_ok = region_ok.to(dev)
     pooled = lambda m: (m @ hidden) / m.sum(-1, keepdim=True).clamp_min(1)  # noqa: E731
     clauses = pooled(clause_mask)  # [question, clause, d]
-    regions = torch.cat([pooled(region_mask.view(B, K * W, T)), torch.zeros(B, 1, d)], 1)  # [question, K*W + implicit, d]
+    regions = torch.cat([pooled(region_mask.view(B, K * W, T)), torch.zeros(B, 1, d, device=dev)], 1)  # [question, K*W + implicit, d]
     valid = clause_mask.sum(-1) > 0  # [question, clause]
     question = pooled(attention_mask[:, None].to(hidden.dtype))[:, 0]  # [question, d]
-    ends = (torch.arange(K)[:, None] + torch.arange(W)[None]).clamp(max=K - 1)  # [start, width] -> last clause
-    choice_ok = torch.cat([region_ok.view(B, K * W), torch.ones(B, 1, dtype=torch.bool)], 1)  # [question, choice]
-    hi_of = torch.cat([ends.flatten(), torch.tensor([-1])])  # [choice] last clause (-1: implicit)
+    ends = (torch.arange(K, device=dev)[:, None] + torch.arange(W, device=dev)[None]).clamp(max=K - 1)  # [start, width] -> last clause
+    choice_ok = torch.cat([region_ok.view(B, K * W), torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)  # [question, choice]
+    hi_of = torch.cat([ends.flatten(), torch.tensor([-1], device=dev)])  # [choice] last clause (-1: implicit)
 
     prev = model.plan_first.expand(B, 1, d)  # [question, beam, d]
-    prev_hi = torch.full((B, 1), -1)
-    score = torch.zeros(B, 1)
-    seqs = torch.zeros(B, 1, 0, dtype=torch.long)  # [question, beam, step] choice indices
+    prev_hi = torch.full((B, 1), -1, device=dev)
+    score = torch.zeros(B, 1, device=dev)
+    seqs = torch.zeros(B, 1, 0, dtype=torch.long, device=dev)  # [question, beam, step] choice indices
     finished: list[list] = [[] for _ in range(B)]
     for k in range(MAX_STEPS + 1):
-        ctx = model.plan_context(prev, question, torch.tensor([k]))  # every beam is at step k
+        ctx = model.plan_context(prev, question, torch.tensor([k], device=dev))  # every beam is at step k
         start_lp = torch.log_softmax(model.plan_start(ctx, clauses, valid, prev_hi), -1)  # [question, beam, K + 2]
         if k:
             stop, seq_rows = (score + start_lp[..., K + 1]).tolist(), seqs.tolist()

@@ -248,6 +248,7 @@ def encode(model: Specialists, examples: list[dict]) -> dict:
     Q = max(1, max(len(ex["quantities"]) for ex in examples))
     C = len(model.config.constants)
     batch = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    batch["offsets"] = enc["offset_mapping"]  # [batch, token, 2] characters: the plan beam maps clauses to tokens
     step_mask = torch.zeros(B, S, T)
     mention_mask = torch.zeros(B, Q, T)
     y = {"c1": torch.zeros(B, T), "c2": torch.full((B, S), -100), "c3": torch.full((B, S, MAX_SLOTS), -100),
@@ -318,6 +319,21 @@ def _plan_targets(examples: list[dict], offsets, S: int) -> dict:
             start[b, len(steps)] = K + 1
     return {"clause_mask": clause_mask, "plan_lo": lo, "plan_prev_hi": prev_hi,
             "plan_targets": {"start": start, "end": end}}
+
+
+def labelled_plan(example: dict) -> list | None:
+    """The example's step regions as the plan beam writes a plan: per step a run of clauses as a character
+    span, or None for an implicit step; None when a step's run is wider than the plan can choose."""
+    out, clauses = [], example["clauses"]
+    for st in example.get("steps", []):
+        run = st.get("clauses")
+        if run and run[1] - run[0] < MAX_WIDTH:
+            out.append((clauses[run[0]][0], max(e for _, e in clauses[run[0]:run[1] + 1])))
+        elif not st.get("region"):
+            out.append(None)
+        else:
+            return None
+    return out
 
 
 def op_logits(out: dict, picks: torch.Tensor) -> torch.Tensor:

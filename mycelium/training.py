@@ -23,7 +23,7 @@ import torch
 
 from .config import torch_device
 from .errors import BadInput
-from .specialists import HEADS, OPS, SpecialistConfig, Specialists, encode, losses, op_logits
+from .specialists import HEADS, OPS, SpecialistConfig, Specialists, encode, labelled_plan, losses, op_logits
 from .store import atomic_write
 
 
@@ -70,16 +70,34 @@ def _prf(tp, p, g) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> dict:
-    """Development metrics of every head."""
+def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32, plans_top: int = 16) -> dict:
+    """Development metrics of every head.
+
+    C1's plan is scored two ways: teacher-forced per step (`c1_plan_accuracy`: each step given the labelled
+    earlier ones), and free-running as the solver runs it (`c1_plan_first`, `c1_plan_found`: the labelled
+    step sequence is the beam's best plan, or among its `plans_top`; over the examples with clauses).
+    """
+    from .solver import plans  # the solver's own beam (it imports this module)
+
     model.eval()
     c = {k: 0 for k in ("t_tp", "t_p", "t_g", "s_tp", "s_p", "s_g", "c2", "n2", "c3", "n3", "c3s", "n3s", "c3e", "n3e",
                         "c4", "n4",
-                        "e_tp", "e_p", "e_g", "c6", "n6", "c6t", "n6t", "pl", "npl")}
+                        "e_tp", "e_p", "e_g", "c6", "n6", "c6t", "n6t", "pl", "npl", "pf", "pk", "np")}
     device = next(model.parameters()).device
     for i in range(0, len(examples), batch_size):
-        batch = to_device(encode(model, examples[i:i + batch_size]), device)
-        out, y = model(batch), batch["targets"]
+        chunk = examples[i:i + batch_size]
+        batch = to_device(encode(model, chunk), device)
+        hidden = model.read(batch["input_ids"], batch["attention_mask"])  # [batch, token, d]
+        out, y = model.heads(hidden, batch), batch["targets"]
+        if "plan_start" in out:
+            found = plans(model, hidden, batch["attention_mask"], batch["offsets"].cpu(),
+                          [[tuple(k) for k in ex["clauses"]] for ex in chunk], plans_top, plans_top)
+            for ex, top in zip(chunk, found):
+                gold = labelled_plan(ex)
+                ranked = [regions for _, regions in top]
+                c["np"] += 1
+                c["pf"] += bool(ranked) and ranked[0] == gold
+                c["pk"] += gold in ranked
         mask = batch["attention_mask"].bool()
         pred1, gold1 = (out["c1"] > 0) & mask, (y["c1"] > 0.5) & mask
         c["t_tp"] += int((pred1 & gold1).sum()); c["t_p"] += int(pred1.sum()); c["t_g"] += int(gold1.sum())
@@ -117,7 +135,7 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32) -> 
         c["c6t"] += int((out["c6_type"].argmax(-1)[ok] == y["c6_type"][ok]).sum()); c["n6t"] += int(ok.sum())
     r = lambda a, n: c[a] / max(c[n], 1)  # noqa: E731
     return {"c1_token_f1": _prf(c["t_tp"], c["t_p"], c["t_g"]), "c1_span_f1": _prf(c["s_tp"], c["s_p"], c["s_g"]),
-            "c1_plan_accuracy": r("pl", "npl"),
+            "c1_plan_accuracy": r("pl", "npl"), "c1_plan_first": r("pf", "np"), "c1_plan_found": r("pk", "np"),
             "c2_accuracy": r("c2", "n2"), "c3_operand_accuracy": r("c3", "n3"), "c3_step_accuracy": r("c3s", "n3s"),
             "c3_arity_accuracy": r("c3e", "n3e"), "c4_accuracy": r("c4", "n4"),
             "c5_edge_f1": _prf(c["e_tp"], c["e_p"], c["e_g"]), "c6_goal_accuracy": r("c6", "n6"),
