@@ -132,7 +132,8 @@ def stage_times(folder: str, problems, args) -> list[float]:
         solver = load_solver(folder, args, workers=1)
         questions = [p.question for p in problems]
         solver.solve_batch(questions[: args.batch_size])  # warm-up
-        chunks = [questions[i:i + args.batch_size] for i in range(0, len(questions), args.batch_size)]
+        # batched as `solve_each` batches them (by length within windows), not in arrival order
+        chunks = [[questions[i] for i in c] for c in solver.batches(questions, solver.config.window * args.batch_size)]
         times = [0.0, 0.0, 0.0]
         for chunk in chunks:
             t0 = time.perf_counter()

@@ -449,17 +449,18 @@ class Solver:
         """Many questions at once, batched by length over all of them; solutions in question order."""
         return list(self._in_order(questions, max(len(questions), 1)))
 
-    def _in_order(self, questions: list[str], window: int, done=lambda n: None) -> Iterator[Solution]:
-        # Similar lengths share a batch: padding is the encoder's largest waste.
+    def batches(self, questions: list[str], window: int) -> Iterator[list[int]]:
+        """The questions' indices in batches as the solver reads them: sorted by length within each `window`
+        questions, then cut into batches of `batch_size`. Similar lengths share a batch: padding is the
+        encoder's largest waste (GSM8K test, batches of 64: 83 tokens a question against 128 in arrival order)."""
         size = self.config.batch_size
+        for w in range(0, len(questions), window):
+            order = sorted(range(w, min(w + window, len(questions))),
+                           key=lambda i: len(questions[i]) if isinstance(questions[i], str) else 0)
+            yield from (order[k:k + size] for k in range(0, len(order), size))
 
-        def batches() -> Iterator[list[int]]:
-            for w in range(0, len(questions), window):
-                order = sorted(range(w, min(w + window, len(questions))),
-                               key=lambda i: len(questions[i]) if isinstance(questions[i], str) else 0)
-                yield from (order[k:k + size] for k in range(0, len(order), size))
-
-        indices, chunks = itertools.tee(batches())
+    def _in_order(self, questions: list[str], window: int, done=lambda n: None) -> Iterator[Solution]:
+        indices, chunks = itertools.tee(self.batches(questions, window))
         texts = ([questions[i] for i in c] for c in chunks)
         pooled = self.workers > 1 and len(questions) >= self.config.pool_from
         if pooled:  # this process solves alongside its workers (and alone while they start), a core each
