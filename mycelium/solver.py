@@ -585,7 +585,7 @@ class Solver:
         edge_lp = torch.nn.functional.logsigmoid(heads["c5"]).numpy()  # [cand, earlier, later]: log p(edge)
         no_edge_lp = torch.nn.functional.logsigmoid(-heads["c5"]).numpy()
         types = heads["c6_type"].argmax(-1).tolist()  # [cand]
-        Q, S = batch["mention_mask"].shape[1], batch["step_mask"].shape[1]
+        Q, S = batch["mention_mask"].shape[1], batch["step_index"].shape[1]
         by_question: dict[int, list[int]] = {}
         for r, j in enumerate(owner):
             by_question.setdefault(j, []).append(r)
@@ -594,6 +594,11 @@ class Solver:
                 continue
             t0 = time.monotonic()
             scored, runs, memo, targets = [], {}, {}, {}
+            # Pointer targets as graph keys: two mentions of one value are one target (the first), so that
+            # graphs differing only in which mention they read are executed once. Ints hash faster than values.
+            first: dict = {}
+            canon = [first.setdefault(x.value, c) for c, x in enumerate(quantities[i])]
+            canon += range(len(canon), Q + S + len(self.constants) + 2)  # padding mentions, results, constants
             for r in by_question[j]:
                 if time.monotonic() - t0 > self.config.time_budget_s:
                     break
@@ -602,7 +607,7 @@ class Solver:
                 goal = int(goal_lp.argmax())
                 for score, steps in decoded[r]:
                     graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S, targets)
-                    key = (tuple((k, tuple(targets[c][1] for c in picks)) for k, picks in steps), goal)
+                    key = (tuple((k, tuple([canon[c] for c in picks])) for k, picks in steps), goal)
                     if key not in runs:  # groupings often decode to the same graph: execute it once
                         runs[key] = execute(graph, self.limits, memo)
                     run = runs[key]
@@ -654,38 +659,40 @@ class Solver:
         return chosen or ([clauses[int(np.argmax(means))]] if clauses else [])
 
     def _candidate_masks(self, rows: list[dict], owner: list[int], offsets) -> dict:
-        """`encode`'s masks, each span's made once: steps and pointers per candidate, mentions per question."""
+        """`encode`'s masks for the heads' solver layout: mentions per question, each distinct step once (a
+        question's candidates share most of their steps), pointers per candidate."""
         R, (B, T) = len(rows), offsets.shape[:2]
         S = max(1, min(MAX_STEPS, max(len(r["groups"]) for r in rows)))
         Q = max(1, max(len(r["quantities"]) for r in rows))
         C = len(self.constants)
         offs = offsets.numpy()  # [question, token, 2]; numpy: thousands of small masks, torch's per-call cost dominates
-        cache: dict = {}
-
-        def mask(j, span):  # [token]
-            if (j, span) not in cache:
-                cache[j, span] = span_masks(offs[j], [span])[0]
-            return cache[j, span]
-
         mention_mask = np.zeros((B, Q, T), dtype=bool)  # [question, quantity, token]: the same for all its candidates
-        seen = set()
-        step_mask = np.zeros((R, S, T), dtype=bool)
+        table: dict = {}  # (question, region or None, position) -> step'
+        index = np.zeros((R, S), dtype=np.int64)  # [cand, step] -> step'
         cand_mask = torch.zeros(R, S, Q + S + C + 2, dtype=torch.bool)  # [cand, step, pointer target]
         for r, (row, j) in enumerate(zip(rows, owner)):
-            if j not in seen:
-                seen.add(j)
+            if r == 0 or owner[r - 1] != j:  # a question's first candidate
                 for q, x in enumerate(row["quantities"]):
-                    mention_mask[j, q] = mask(j, (x.start, x.end))
-            for k, span in enumerate(row["groups"][:S]):
-                if span is not None:  # an implicit step reads no clause
-                    step_mask[r, k] = mask(j, tuple(span))
+                    mention_mask[j, q] = span_masks(offs[j], [(x.start, x.end)])[0]
+            groups = row["groups"]
+            for k in range(S):  # padding steps and implicit ones read no clause: zero masks
+                span = tuple(groups[k]) if k < len(groups) and groups[k] is not None else None
+                index[r, k] = table.setdefault((j, span, k), len(table))
             cand_mask[r, :, : len(row["quantities"])] = True
-        mention_mask = torch.from_numpy(mention_mask).float()
-        step_mask = torch.from_numpy(step_mask).float()  # [cand, step, token]
+        keys = list(table)  # in order of first use: grouped by question, as `_pool_rows` needs
+        step_mask, made = np.zeros((len(keys), T), dtype=bool), {}  # [step', token]; a region at several positions: once
+        for u, (j, span, _) in enumerate(keys):
+            if span is not None:
+                if (j, span) not in made:
+                    made[j, span] = span_masks(offs[j], [span])[0]
+                step_mask[u] = made[j, span]
         cand_mask[:, :, Q + S:] = True
         cand_mask[:, :, Q: Q + S] = torch.tril(torch.ones(S, S, dtype=torch.bool), -1)  # earlier steps only
-        return {"step_mask": step_mask, "mention_mask": mention_mask, "cand_mask": cand_mask, "owner": torch.tensor(owner),
-                "n_steps": torch.tensor([min(len(r["groups"]), S) for r in rows])}
+        step_table = (torch.from_numpy(step_mask).float(), torch.tensor([key[0] for key in keys]),
+                      torch.tensor([key[2] for key in keys]))
+        return {"step_table": step_table, "step_index": torch.from_numpy(index),
+                "mention_mask": torch.from_numpy(mention_mask).float(), "cand_mask": cand_mask,
+                "owner": torch.tensor(owner), "n_steps": torch.tensor([min(len(r["groups"]), S) for r in rows])}
 
     def _target(self, c: int, Q: int, S: int, quantities) -> tuple[Operand, tuple]:
         """Pointer target c as an Operand, and its key for telling graphs apart."""

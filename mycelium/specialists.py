@@ -121,43 +121,66 @@ class Specialists(nn.Module):
         hidden: [question, token, d]. Training has one row per question. The
         solver has many rows (candidates) per question: it passes `owner`
         ([row] the question of each row, rows grouped by question in order)
-        with the step masks per row and the mention and attention masks per
-        question, so each question's states are read where they lie instead
-        of being copied once per candidate.
+        with the mention and attention masks per question, so each question's
+        states are read where they lie instead of being copied once per
+        candidate. Its candidates share most steps (a question's plans differ
+        in a step or two), so it passes each distinct step once: `step_table`
+        (mask [step', token], owner [step'] and position [step'], grouped by
+        question in order) and `step_index` ([row, step] -> step'); the
+        step-wise layers then run once per distinct step (GSM8K test: 6.8× fewer).
         """
         owner = batch.get("owner")
         out = {"c1": self.c1(hidden).squeeze(-1)}  # [question, token]
         pooled = lambda masks: (masks @ hidden) / masks.sum(-1, keepdim=True).clamp_min(1)  # noqa: E731
         per_row = (lambda x: x) if owner is None else (lambda x: x[owner])  # noqa: E731
-        steps = _pool_rows(batch["step_mask"], hidden, owner) + self.step_pos.weight[: batch["step_mask"].shape[1]]  # [batch, step, d]
-        mentions = per_row(pooled(batch["mention_mask"]))  # [batch, mention, d]
-        B = steps.shape[0]
-        consts = self.constant.weight[None].expand(B, -1, -1)  # [batch, const, d]
-        candidates = torch.cat([mentions, steps, consts, self.end.expand(B, -1, -1)], 1)  # [batch, cand, d]
-        out["c2"] = self.c2(steps)  # [batch, step, op], before the operands are known
-        out["c2_operand"] = self.c2_operand(candidates).view(B, candidates.shape[1], MAX_SLOTS, -1)  # [batch, cand, slot, op]
+        mentions = pooled(batch["mention_mask"])  # [question, mention, d] (training: [batch, ...], one row each)
+        if "step_index" in batch:
+            tmask, towner, tpos = batch["step_table"]  # [step', token], [step'], [step']
+            table = _pool_rows(tmask[:, None], hidden, towner)[:, 0] + self.step_pos(tpos)  # [step', d]
+            index = batch["step_index"]  # [batch, step] -> step'
+            inside_t = torch.einsum("ut,uqt->uq", tmask, batch["mention_mask"][towner]) > 0  # [step', mention]
+            inside = inside_t[index]  # [batch, step, mention]
+        else:
+            steps = _pool_rows(batch["step_mask"], hidden, owner) + self.step_pos.weight[: batch["step_mask"].shape[1]]
+            table = steps.flatten(0, 1)  # every row's steps its own  [batch * step, d]
+            index = torch.arange(table.shape[0], device=hidden.device).view(steps.shape[:2])
+            inside = torch.einsum("bst,bqt->bsq", batch["step_mask"], per_row(batch["mention_mask"])) > 0
+        B, S = index.shape
+        fixed = torch.cat([self.constant.weight, self.end[0]])  # [const + "no more", d]: C3's last candidates
+        out["c2"] = self.c2(table)[index]  # [batch, step, op], before the operands are known
         # c3_query is linear: query(step + slot) = query(step) + W slot, a step's cost rather than a (step, slot)'s
-        query = self.c3_query(steps)[:, :, None] + (self.slot.weight @ self.c3_query.weight.T)  # [batch, step, slot, d]
-        c3 = torch.einsum("bsqd,bcd->bsqc", query, candidates) / hidden.shape[-1] ** 0.5  # [batch, step, slot, cand]
-        inside = (torch.einsum("bst,bqt->bsq", batch["step_mask"], per_row(batch["mention_mask"])) > 0).to(c3.dtype)
+        query = self.c3_query(table)[:, None] + (self.slot.weight @ self.c3_query.weight.T)  # [step', slot, d]
+        if "step_index" in batch:  # pointer scores per distinct step, against its question's candidates
+            by_operand = torch.cat([self.c2_operand(mentions)[owner], self.c2_operand(table)[index],
+                                    self.c2_operand(fixed).expand(B, -1, -1)], 1)  # [batch, cand, slot * op]
+            c3 = torch.cat([torch.einsum("uqd,umd->uqm", query, mentions[towner])[index],
+                            _step_pointers(query, table, towner, index, owner, hidden.shape[0]),
+                            torch.einsum("uqd,cd->uqc", query, fixed)[index]], -1) / hidden.shape[-1] ** 0.5
+        else:
+            candidates = torch.cat([per_row(mentions), table[index], fixed.expand(B, -1, -1)], 1)  # [batch, cand, d]
+            by_operand = self.c2_operand(candidates)
+            c3 = torch.einsum("bsqd,bcd->bsqc", query[index], candidates) / hidden.shape[-1] ** 0.5  # [batch, step, slot, cand]
+        out["c2_operand"] = by_operand.view(B, by_operand.shape[1], MAX_SLOTS, -1)  # [batch, cand, slot, op]
+        inside = inside.to(c3.dtype)
         Q = mentions.shape[1]
         c3 = torch.cat([c3[..., :Q] + self.in_region * inside[:, :, None], c3[..., Q:]], -1)
         out["c3"] = c3.masked_fill(~batch["cand_mask"][:, :, None], -1e4)  # padding mentions, later steps
-        out["c4"] = self.c4(steps)  # [batch, step, 2]
+        out["c4"] = self.c4(table)[index]  # [batch, step, 2]
         # C5's first layer on [earlier; later] pairs, split into its two halves: the same function as
         # concatenating every pair, at a step's cost instead of a pair's.
         first, act, last = self.c5
-        d, S = steps.shape[-1], steps.shape[1]
-        earlier = steps @ first.weight[:, :d].T  # [batch, step, d]
-        later = steps @ first.weight[:, d:].T + first.bias  # [batch, step, d]
+        d = table.shape[-1]
+        earlier = table @ first.weight[:, :d].T  # [step', d]
+        later = table @ first.weight[:, d:].T + first.bias  # [step', d]
         if "n_steps" in batch:  # only earlier → later pairs within a row's steps are read (wiring, loss, metrics)
-            pairs = torch.ones(S, S, dtype=torch.bool, device=steps.device).triu(1)[None] & \
-                (torch.arange(S, device=steps.device)[None] < batch["n_steps"][:, None])[:, None]  # [batch, earlier, later]
+            pairs = torch.ones(S, S, dtype=torch.bool, device=table.device).triu(1)[None] & \
+                (torch.arange(S, device=table.device)[None] < batch["n_steps"][:, None])[:, None]  # [batch, earlier, later]
             r, t, u = pairs.nonzero(as_tuple=True)
-            out["c5"] = steps.new_zeros(B, S, S).index_put_((r, t, u), last(act(earlier[r, t] + later[r, u])).squeeze(-1))
+            pair = last(act(earlier[index[r, t]] + later[index[r, u]])).squeeze(-1)  # [pair]
+            out["c5"] = table.new_zeros(B, S, S).index_put_((r, t, u), pair)
         else:
-            out["c5"] = last(act(earlier[:, :, None] + later[:, None])).squeeze(-1)  # [batch, earlier, later]
-        out["c6_goal"] = self.c6_goal(steps).squeeze(-1)  # [batch, step]
+            out["c5"] = last(act(earlier[index][:, :, None] + later[index][:, None])).squeeze(-1)  # [batch, earlier, later]
+        out["c6_goal"] = self.c6_goal(table)[index].squeeze(-1)  # [batch, step]
         # Mean over the question, not the first token: a decoder's first token has seen nothing.
         question = per_row(pooled(batch["attention_mask"][:, None].to(hidden.dtype))[:, 0])  # [batch, d]
         out["c6_type"] = self.c6_type(question)  # [batch, type]
@@ -203,6 +226,24 @@ class Specialists(nn.Module):
 
     def config_dict(self) -> dict:
         return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}
+
+
+def _step_pointers(query, table, towner, index, owner, questions: int):
+    """C3's scores of earlier steps as operands, per distinct step: [batch, step, slot, step].
+
+    query: [step', slot, d], table: [step', d] (distinct steps grouped by question), towner: [step'],
+    index: [batch, step] -> step', owner: [batch]. Each question's distinct steps are scored against each
+    other once (a few dozen), not every candidate's steps against its own.
+    """
+    first = torch.searchsorted(towner, towner)  # [step'] where its question's distinct steps begin
+    local = torch.arange(len(towner), device=towner.device) - first  # [step'] its place among them
+    N = int(local.max()) + 1
+    q = query.new_zeros(questions, N, *query.shape[1:])  # [question, step', slot, d]
+    k = table.new_zeros(questions, N, table.shape[-1])  # [question, step', d]
+    q[towner, local], k[towner, local] = query, table
+    scores = torch.einsum("bxqd,byd->bxyq", q, k)  # [question, step', step', slot]
+    li = local[index]  # [batch, step]
+    return scores[owner[:, None, None], li[:, :, None], li[:, None, :]].permute(0, 1, 3, 2)  # [batch, step, slot, step]
 
 
 def _pool_rows(masks, hidden, owner=None):

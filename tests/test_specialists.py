@@ -100,13 +100,27 @@ def test_heads_read_each_question_once_for_many_candidates(fresh):
         copied = model.heads(hidden[owner], rows)
         shared = model.heads(hidden, {**rows, "owner": owner, "mention_mask": batch["mention_mask"],
                                       "attention_mask": batch["attention_mask"]})
-    for k in ("c2", "c2_operand", "c3", "c4", "c6_goal", "c6_type"):
-        torch.testing.assert_close(shared[k], copied[k])
-    torch.testing.assert_close(shared["c1"][owner], copied["c1"])
-    for r, n in enumerate(n_steps.tolist()):  # C5 is computed for the pairs the solver reads: earlier -> later steps
-        for t in range(n):
-            for u in range(t + 1, n):
-                torch.testing.assert_close(shared["c5"][r, t, u], copied["c5"][r, t, u])
+        # the solver's own layout: each distinct (question, step mask, position) once, rows pointing at them
+        step_mask[2] = step_mask[0]  # candidates of one question share steps
+        step_mask[4, 0] = step_mask[3, 0]
+        copied_again = model.heads(hidden[owner], {**rows, "step_mask": step_mask})
+        keys, index = {}, torch.zeros(step_mask.shape[:2], dtype=torch.long)
+        for r in range(5):
+            for k in range(step_mask.shape[1]):
+                index[r, k] = keys.setdefault((int(owner[r]), k, tuple(step_mask[r, k].tolist())), len(keys))
+        assert len(keys) < step_mask.shape[0] * step_mask.shape[1]
+        table = (torch.tensor([m for _, _, m in keys]), torch.tensor([j for j, _, _ in keys]), torch.tensor([k for _, k, _ in keys]))
+        tabled = model.heads(hidden, {**{k: v for k, v in rows.items() if k != "step_mask"}, "owner": owner,
+                                      "mention_mask": batch["mention_mask"], "attention_mask": batch["attention_mask"],
+                                      "step_table": table, "step_index": index})
+    for theirs, ours in ((copied, shared), (copied_again, tabled)):
+        for k in ("c2", "c2_operand", "c3", "c4", "c6_goal", "c6_type"):
+            torch.testing.assert_close(ours[k], theirs[k])
+        torch.testing.assert_close(ours["c1"][owner], theirs["c1"])
+        for r, n in enumerate(n_steps.tolist()):  # C5 is computed for the pairs the solver reads: earlier -> later steps
+            for t in range(n):
+                for u in range(t + 1, n):
+                    torch.testing.assert_close(ours["c5"][r, t, u], theirs["c5"][r, t, u])
 
 
 def test_step_operands_as_the_solver_decodes():
