@@ -207,6 +207,9 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
     choice_ok = torch.cat([region_ok.view(B, K * W), torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)  # [question, choice]
     hi_of = torch.cat([ends.flatten(), torch.tensor([-1], device=dev)])  # [choice] last clause (-1: implicit)
 
+    fixed = model.plan_end_fixed(clauses, valid)
+    # Questions leave the search once done, so each step reads only those still searching (`live`).
+    live, full = torch.arange(B, device=dev), (clauses, valid, question, regions, region_ok, choice_ok, *fixed)
     prev = model.plan_first.expand(B, 1, d)  # [question, beam, d]
     prev_hi = torch.full((B, 1), -1, device=dev)
     score = torch.zeros(B, 1, device=dev)
@@ -216,17 +219,25 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
         ctx = model.plan_context(prev, question, torch.tensor([k], device=dev))  # every beam is at step k
         start_lp = torch.log_softmax(model.plan_start(ctx, clauses, valid, prev_hi), -1)  # [question, beam, K + 2]
         if k:
-            stop, seq_rows = (score + start_lp[..., K + 1]).tolist(), seqs.tolist()
-            for j in range(B):
-                finished[j] += [(stop[j][b], seq_rows[j][b]) for b in range(len(seq_rows[j])) if stop[j][b] > -1e3]
-            # Log probs only fall: once a question's top plans beat every live beam, nothing better can come.
-            alive = score.max(1).values.tolist()
-            if all(len(f) >= top and sorted(x[0] for x in f)[-top] >= a for f, a in zip(finished, alive)):
+            stop, seq_rows, alive = (score + start_lp[..., K + 1]).tolist(), seqs.tolist(), score.max(1).values.tolist()
+            searching = []
+            for row, j in enumerate(live.tolist()):
+                finished[j] += [(stop[row][b], seq_rows[row][b]) for b in range(len(seq_rows[row])) if stop[row][b] > -1e3]
+                # Log probs only fall: once a question's top plans beat every live beam, nothing better can come.
+                if not (len(finished[j]) >= top and sorted(x[0] for x in finished[j])[-top] >= alive[row]):
+                    searching.append(row)
+            if not searching:
                 break
+            if len(searching) < len(live):
+                keep = torch.tensor(searching, device=dev)
+                live = live[keep]
+                prev, prev_hi, score, seqs, ctx, start_lp = (x[keep] for x in (prev, prev_hi, score, seqs, ctx, start_lp))
+                clauses, valid, question, regions, region_ok, choice_ok = (x[live] for x in full[:6])
+                fixed = (full[6][live], full[7], full[8][live])  # the width bias is every question's
         if k == MAX_STEPS:
             break
-        n = prev.shape[1]
-        end_logits = torch.gather(model.plan_end(ctx, clauses, valid), 3, ends[None, None].expand(B, n, K, W))
+        n, b_live = prev.shape[1], prev.shape[0]
+        end_logits = torch.gather(model.plan_end(ctx, clauses, valid, fixed), 3, ends[None, None].expand(b_live, n, K, W))
         end_lp = torch.log_softmax(end_logits.masked_fill(~region_ok[:, None], -1e4), -1)  # [question, beam, start, width]
         step_lp = torch.cat([(start_lp[..., :K, None] + end_lp).flatten(2), start_lp[..., K:K + 1]], -1)
         total = (score[..., None] + step_lp).masked_fill(~choice_ok[:, None], -1e4)  # [question, beam, choice]

@@ -210,19 +210,26 @@ class Specialists(nn.Module):
         bias = self.plan_offset(offset).squeeze(-1).masked_fill(~valid[:, None], -1e4)
         return torch.cat([logits[..., :K] + bias, logits[..., K:]], -1)
 
-    def plan_end(self, ctx, clauses, valid):
+    def plan_end(self, ctx, clauses, valid, fixed=None):
         """Logits of a region's last clause for every first clause: [batch, step, start, end].
 
         The query is linear in (context + first clause), so the table is two
-        products, not one per (step, start) pair.
+        products, not one per (step, start) pair; `fixed` is `plan_end_fixed`'s
+        part, which the solver's beam computes once for all its steps.
         """
-        K, d = clauses.shape[1], ctx.shape[-1]
+        by_start, width_bias, ok = fixed if fixed is not None else self.plan_end_fixed(clauses, valid)
         by_ctx = torch.einsum("bsd,bed->bse", self.plan_end_query(ctx), clauses)  # [batch, step, end]
-        by_start = torch.einsum("bkd,bed->bke", clauses @ self.plan_end_query.weight.T, clauses)  # [batch, start, end]
-        width = torch.arange(K, device=ctx.device)[None] - torch.arange(K, device=ctx.device)[:, None]  # [start, end]
-        ok = (width >= 0) & (width < MAX_WIDTH) & valid[:, None, None, :] & valid[:, None, :, None]
-        logits = (by_ctx[:, :, None] + by_start[:, None]) / d ** 0.5 + self.plan_width(width.clamp(0, MAX_WIDTH - 1))[..., 0]
+        logits = (by_ctx[:, :, None] + by_start[:, None]) / ctx.shape[-1] ** 0.5 + width_bias
         return logits.masked_fill(~ok, -1e4)
+
+    def plan_end_fixed(self, clauses, valid):
+        """What `plan_end` reads that does not depend on the step: the first clause's term [batch, start, end],
+        the width bias [start, end] and the allowed (start, end) pairs [batch, 1, start, end]."""
+        K = clauses.shape[1]
+        by_start = torch.einsum("bkd,bed->bke", clauses @ self.plan_end_query.weight.T, clauses)  # [batch, start, end]
+        width = torch.arange(K, device=clauses.device)[None] - torch.arange(K, device=clauses.device)[:, None]  # [start, end]
+        ok = (width >= 0) & (width < MAX_WIDTH) & valid[:, None, None, :] & valid[:, None, :, None]
+        return by_start, self.plan_width(width.clamp(0, MAX_WIDTH - 1))[..., 0], ok
 
     def config_dict(self) -> dict:
         return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}
