@@ -604,7 +604,7 @@ class Solver:
             if j not in by_question:
                 continue
             t0 = time.monotonic()
-            scored, runs, memo, targets = [], {}, {}, {}
+            scored, runs, memo, targets, shared, wired = [], {}, {}, {}, {}, {}
             # Pointer targets as graph keys: two mentions of one value are one target (the first), so that
             # graphs differing only in which mention they read are executed once. Ints hash faster than values.
             first: dict = {}
@@ -617,14 +617,17 @@ class Solver:
                 goal_lp = goal_logits[r, :n] - np.logaddexp.reduce(goal_logits[r, :n])
                 goal = int(goal_lp.argmax())
                 for score, steps in decoded[r]:
-                    graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S, targets)
+                    graph = self._graph(questions[i], quantities[i], rows[r]["groups"], steps, goal, Q, S, targets, shared)
                     key = (tuple((k, tuple([canon[c] for c in picks])) for k, picks in steps), goal)
                     if key not in runs:  # groupings often decode to the same graph: execute it once
                         runs[key] = execute(graph, self.limits, memo)
                     run = runs[key]
                     ok = run.ok and run.answer is not None
                     plausible = ok and value_type(run.answer) == ANSWER_TYPES[types[r]]
-                    wiring = self._wiring(steps, edge_lp[r], no_edge_lp[r], Q, S)
+                    feeds = tuple(frozenset(c - Q for c in picks if Q <= c < Q + S) for _, picks in steps)
+                    if (r, feeds) not in wired:  # a grouping's decoded graphs often share their wiring
+                        wired[r, feeds] = self._wiring(feeds, edge_lp[r], no_edge_lp[r])
+                    wiring = wired[r, feeds]
                     parts = {"plan": rows[r]["plan_lp"], "steps": score, "goal": float(goal_lp[goal]), "wiring": wiring,
                              "n": n}
                     scored.append({"graph": graph, "answer": run.answer, "ok": ok, "plausible": plausible,
@@ -714,24 +717,29 @@ class Solver:
         return Operand(Source.CONSTANT, self.constants[c - Q - S]), ("c", c - Q - S)
 
     @staticmethod
-    def _wiring(steps, edge_lp, no_edge_lp, Q, S) -> float:
-        """C5's log probability of the graph's edges (step t feeds step s) and non-edges."""
+    def _wiring(feeds, edge_lp, no_edge_lp) -> float:
+        """C5's log probability of the graph's edges (step t feeds step s) and non-edges; feeds: per step the
+        earlier steps it reads."""
         # Summed in float32 term by term, as it always was: a per-row float64 rewrite (0.6 ms a problem faster)
         # moved near-ties of the small test model's candidates, and with them a resumed run's answers.
         total = 0.0
-        for s, (_, picks) in enumerate(steps):
-            feeds = {c - Q for c in picks if Q <= c < Q + S}
-            total += sum(edge_lp[t, s] if t in feeds else no_edge_lp[t, s] for t in range(s))
+        for s, reads in enumerate(feeds):
+            total += sum(edge_lp[t, s] if t in reads else no_edge_lp[t, s] for t in range(s))
         return float(total)
 
-    def _graph(self, question, quantities, groups, steps, goal, Q, S, targets: dict) -> Graph:
-        """One decoded candidate as a Graph; `targets` keeps each pointer target's (Operand, key) for the
-        question's candidates to share (tens of graphs per question point at the same few quantities)."""
+    def _graph(self, question, quantities, groups, steps, goal, Q, S, targets: dict, shared: dict) -> Graph:
+        """One decoded candidate as a Graph. A question's candidates share their Operands (`targets`: each
+        pointer target's (Operand, key); tens of graphs point at the same few quantities) and their Steps
+        (`shared`; nothing changes a Step once made)."""
         out = []
         for s, (k, picks) in enumerate(steps):
-            for c in picks:
-                if c not in targets:
-                    targets[c] = self._target(c, Q, S, quantities)
-            op = _OPS[k] if self.model.config.c2_labels == "ops" else Op.ADD
-            out.append(Step(op, [targets[c][0] for c in picks], span=tuple(groups[s]) if groups[s] else None))
+            span = tuple(groups[s]) if groups[s] else None
+            key = (k, tuple(picks), span)
+            if key not in shared:
+                for c in picks:
+                    if c not in targets:
+                        targets[c] = self._target(c, Q, S, quantities)
+                op = _OPS[k] if self.model.config.c2_labels == "ops" else Op.ADD
+                shared[key] = Step(op, [targets[c][0] for c in picks], span=span)
+            out.append(shared[key])
         return Graph(question, quantities, out, goal)
