@@ -6,14 +6,19 @@
     teacher CoT (smollm2, greedy)            32         0.27      3.1%     3.6876
     solver / CoT throughput ratio: 152×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
 
-Several models side by side, and where each one's time goes (stop 23, a machine without native bfloat16;
-the first model is a 6-layer stand-in, exact for its encoder's column only):
+Several models side by side, and where each one's time goes (stop 24, a machine without native bfloat16,
+so float32; batched as `solve_each` batches them):
 
-    $ python bench/solver.py --model /tmp/m6,runs/main/models/minilm-l3 --limit 320 --stages 320 --cot-limit 1
-    ms per problem on one core (first 320, batches of 64, no pipeline)
+    $ python bench/solver.py --model runs/main/models/minilm,runs/main/models/minilm-l3 --cot-limit 8 --stages 640
+    system                                   problems   problems/s  accuracy  s/problem
+    solver minilm (6 layers, 16 plans)           1319        32.79     12.7%     0.0305
+    solver minilm-l3 (3 layers, 16 plans)        1319        48.03     11.0%     0.0208
+    teacher CoT (smollm2, greedy)                   8         0.16      0.0%     6.3023
+    ...
+    ms per problem on one core (first 640, batches of 64, no pipeline)
     system                                   before encoder  encoder   after   total
-    solver m6 (6 layers, 16 plans)                      7.6     54.6    14.7    76.9
-    solver minilm-l3 (3 layers, 16 plans)               7.1     26.4    20.6    54.2
+    solver minilm (6 layers, 16 plans)                  8.7     33.4    12.0    54.1
+    solver minilm-l3 (3 layers, 16 plans)               7.4     16.8    12.8    36.9
 
 The solver runs on every problem in batches (one encoder pass per batch); the
 teacher generates a greedy chain-of-thought (batched, left-padded) for the
