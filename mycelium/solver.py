@@ -708,13 +708,13 @@ class Solver:
                 "mention_mask": torch.from_numpy(mention_mask).float(), "cand_mask": cand_mask,
                 "owner": torch.tensor(owner), "n_steps": torch.tensor([min(len(r["groups"]), S) for r in rows])}
 
-    def _target(self, c: int, Q: int, S: int, quantities) -> tuple[Operand, tuple]:
-        """Pointer target c as an Operand, and its key for telling graphs apart."""
-        if c < Q:  # two mentions of one value make one graph
-            return Operand(Source.QUANTITY, quantities[c].value, c), ("q", quantities[c].value)
+    def _target(self, c: int, Q: int, S: int, quantities) -> Operand:
+        """Pointer target c as an Operand."""
+        if c < Q:
+            return Operand(Source.QUANTITY, quantities[c].value, c)
         if c < Q + S:
-            return Operand(Source.RESULT, sympy.Integer(0), c - Q), ("s", c - Q)
-        return Operand(Source.CONSTANT, self.constants[c - Q - S]), ("c", c - Q - S)
+            return Operand(Source.RESULT, sympy.Integer(0), c - Q)
+        return Operand(Source.CONSTANT, self.constants[c - Q - S])
 
     @staticmethod
     def _wiring(feeds, edge_lp, no_edge_lp) -> float:
@@ -729,7 +729,7 @@ class Solver:
 
     def _graph(self, question, quantities, groups, steps, goal, Q, S, targets: dict, shared: dict) -> Graph:
         """One decoded candidate as a Graph. A question's candidates share their Operands (`targets`: each
-        pointer target's (Operand, key); tens of graphs point at the same few quantities) and their Steps
+        pointer target's Operand; tens of graphs point at the same few quantities) and their Steps
         (`shared`; nothing changes a Step once made)."""
         out = []
         for s, (k, picks) in enumerate(steps):
@@ -740,6 +740,6 @@ class Solver:
                     if c not in targets:
                         targets[c] = self._target(c, Q, S, quantities)
                 op = _OPS[k] if self.model.config.c2_labels == "ops" else Op.ADD
-                shared[key] = Step(op, [targets[c][0] for c in picks], span=span)
+                shared[key] = Step(op, [targets[c] for c in picks], span=span)
             out.append(shared[key])
         return Graph(question, quantities, out, goal)
