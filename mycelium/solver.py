@@ -209,7 +209,7 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
 
     fixed = model.plan_end_fixed(clauses, valid)
     # Questions leave the search once done, so each step reads only those still searching (`live`).
-    live, full = torch.arange(B, device=dev), (clauses, valid, question, regions, region_ok, choice_ok, *fixed)
+    live, every, every_fixed = torch.arange(B, device=dev), (clauses, valid, question, regions, region_ok, choice_ok), fixed
     prev = model.plan_first.expand(B, 1, d)  # [question, beam, d]
     prev_hi = torch.full((B, 1), -1, device=dev)
     score = torch.zeros(B, 1, device=dev)
@@ -232,8 +232,9 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
                 keep = torch.tensor(searching, device=dev)
                 live = live[keep]
                 prev, prev_hi, score, seqs, ctx, start_lp = (x[keep] for x in (prev, prev_hi, score, seqs, ctx, start_lp))
-                clauses, valid, question, regions, region_ok, choice_ok = (x[live] for x in full[:6])
-                fixed = (full[6][live], full[7], full[8][live])  # the width bias is every question's
+                clauses, valid, question, regions, region_ok, choice_ok = (x[live] for x in every)
+                by_start, width_bias, ok = every_fixed
+                fixed = (by_start[live], width_bias, ok[live])  # the width bias is every question's
         if k == MAX_STEPS:
             break
         n, b_live = prev.shape[1], prev.shape[0]
