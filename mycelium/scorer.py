@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .graph import Source
+from .graph import Op, Source
 
 FEATURES = [
     "plan log prob", "steps log prob", "steps log prob per step", "steps", "answer step log prob", "wiring log prob",
@@ -42,11 +42,37 @@ FEATURES = [
     "constants used", "implicit steps", "results never used", "answer is an integer", "answer is negative",
     "log10 |answer|", "answer is a question quantity", "candidates with this answer (log)",
     "best score of this answer minus best score",
+    # The executed values along the way: a wrong grouping or operand often shows in a step that no word
+    # problem's solution would compute (a negative count, a fraction of a person, a step repeating a value).
+    "steps with a fractional value", "steps with a negative value", "log10 largest |step value|", "steps with value zero",
+    "log10 |answer| minus log10 largest question quantity", "earlier steps whose value is a question quantity",
+    "question quantities read more than once", "distinct operations", "answer step is not the last",
+    "steps repeating an earlier value", "answer below every question quantity", "subtractions", "divisions",
+    "log10 denominator of the answer",
 ]
 
 
+def _log10(x) -> float:
+    return math.log10(abs(float(x)) + 1)
+
+
+def _values(g, values: list) -> list[float]:
+    """A candidate's features from its executed step values (`FEATURES` from "steps with a fractional value")."""
+    ops = [s.op for s in g.steps]
+    read = [o.ref for s in g.steps for o in s.operands if o.source is Source.QUANTITY]
+    given = {q.value for q in g.quantities}
+    largest = max((abs(q.value) for q in g.quantities), default=0)
+    answer = values[-1] if g.answer is None else values[g.answer]
+    return [sum(not v.is_integer for v in values), sum(bool(v < 0) for v in values), max(map(_log10, values)),
+            sum(v == 0 for v in values), _log10(answer) - _log10(largest), sum(v in given for v in values[:-1]),
+            len(read) - len(set(read)), len(set(ops)), float(g.answer is not None and g.answer != len(values) - 1),
+            len(values) - len(set(values)), float(bool(g.quantities) and all(abs(answer) < abs(q.value) for q in g.quantities)),
+            ops.count(Op.SUB), ops.count(Op.DIV), math.log10(answer.q) if answer.is_Rational else 0.0]
+
+
 def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
-    """[candidate, feature] for one question's executed candidates (dicts with graph, answer, parts, plausible)."""
+    """[candidate, feature] for one question's executed candidates (dicts with graph, answer, step values,
+    parts, plausible)."""
     votes, best_of = defaultdict(int), defaultdict(lambda: -math.inf)
     raw = [c["parts"]["plan"] + c["parts"]["steps"] + c["parts"]["goal"] for c in candidates]
     for c, r in zip(candidates, raw):
@@ -69,7 +95,7 @@ def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
             p["plan"], p["steps"], p["steps"] / p["n"], p["n"], p["goal"], p["wiring"], float(c["plausible"]),
             len(used) / max(n_quantities, 1), n_quantities - len(used),
             sum(o.source is Source.CONSTANT for s in g.steps for o in s.operands),
-            sum(s.span is None for s in g.steps), dangling, *by_value[x],
+            sum(s.span is None for s in g.steps), dangling, *by_value[x], *_values(g, c["values"]),
         ])
     return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURES))
 

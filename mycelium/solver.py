@@ -631,7 +631,7 @@ class Solver:
                     wiring = wired[r, feeds]
                     parts = {"plan": rows[r]["plan_lp"], "steps": score, "goal": float(goal_lp[goal]), "wiring": wiring,
                              "n": n}
-                    scored.append({"graph": graph, "answer": run.answer, "ok": ok, "plausible": plausible,
+                    scored.append({"graph": graph, "answer": run.answer, "values": run.values, "ok": ok, "plausible": plausible,
                                    "score": self.score(parts), "parts": parts,
                                    "error": None if run.ok else str(run.error)})
             scored.sort(key=lambda c: (c["ok"], c["plausible"], c["score"]), reverse=True)

@@ -3,6 +3,7 @@
 import numpy as np
 import sympy
 
+from mycelium.executor import execute
 from mycelium.graph import Graph, Op, Operand, Source, Step
 from mycelium.numbers import find_quantities
 from mycelium.scorer import FEATURES, Scorer, by_answer, cross_validate, features, fit, labelled, provenance, top1
@@ -13,7 +14,9 @@ QS = find_quantities(Q)
 
 def candidate(steps, answer, plan=-1.0, steps_lp=-2.0, plausible=True):
     g = Graph(Q, QS, steps, len(steps) - 1)
-    return {"graph": g, "answer": sympy.Integer(answer), "plausible": plausible,
+    run = execute(g)
+    assert run.answer == answer
+    return {"graph": g, "answer": run.answer, "values": run.values, "plausible": plausible,
             "parts": {"plan": plan, "steps": steps_lp, "goal": -0.1, "wiring": 0.0, "n": len(steps)}}
 
 
@@ -28,6 +31,24 @@ def test_features_read_the_graph_and_the_other_candidates():
     assert col["share of question quantities used"].tolist() == [1.0, 0.5, 1.0]
     assert col["constants used"].tolist() == [0, 1, 0] and col["answer is a question quantity"].tolist() == [0, 1, 0]
     assert np.allclose(col["candidates with this answer (log)"], np.log([2, 1, 2]))
+
+
+def test_features_read_the_values_along_the_way():
+    q0, q1 = (Operand(Source.QUANTITY, x.value, k) for k, x in enumerate(QS))  # 3 pens, 2 dollars
+    r = lambda k: Operand(Source.RESULT, sympy.Integer(0), k)
+    right = candidate([Step(Op.MUL, [q0, q1])], 6)
+    odd = candidate([Step(Op.SUB, [q1, q0]), Step(Op.DIV, [r(0), q1]), Step(Op.SUB, [q0, q0])], 0)  # -1, -1/2, 0
+    col = {name: features([right, odd], len(QS))[:, k] for k, name in enumerate(FEATURES)}
+    assert col["steps with a fractional value"].tolist() == [0, 1]
+    assert col["steps with a negative value"].tolist() == [0, 2] and col["steps with value zero"].tolist() == [0, 1]
+    assert col["subtractions"].tolist() == [0, 2] and col["divisions"].tolist() == [0, 1]
+    assert col["distinct operations"].tolist() == [1, 2]
+    assert col["question quantities read more than once"].tolist() == [0, 3]
+    assert col["answer below every question quantity"].tolist() == [0, 1]
+    assert np.allclose(col["log10 |answer| minus log10 largest question quantity"], [np.log10(7 / 4), -np.log10(4)])
+    assert np.allclose(col["log10 largest |step value|"], [np.log10(7), np.log10(2)])
+    assert col["steps repeating an earlier value"].tolist() == [0, 0]
+    assert col["log10 denominator of the answer"].tolist() == [0, 0]
 
 
 def test_fit_learns_which_feature_marks_gold_and_round_trips(tmp_path):
