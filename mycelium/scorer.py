@@ -1,19 +1,20 @@
 """The scorer: a learned ranking of one question's candidate graphs (a verifier over the executed candidates).
 
     $ mycelium scorer --model runs/main/models/minilm
-    fitted on 6973 GSM8K fit problems (gold among the candidates for 2602)
-    GSM8K dev (500, held out): 5.6% (log-probability ranking) → 15.6% (scorer)
+    fitted on 6973 GSM8K fit problems (gold among the candidates for 2631)
+    GSM8K dev (500, held out): 4.4% (log-probability ranking) → 17.0% (scorer)
     wrote runs/main/models/minilm/scorer.json
 
 Summed log probabilities favour short graphs: every step costs its operand
 and operation log probabilities, so a one-step graph outranks the right
 four-step one. The scorer weighs what the solver already knows about each
-candidate (a feature vector, `FEATURES`) with a small MLP fitted to put the
-candidates that reach the gold answer first: a softmax over the candidates
-of each problem (listwise), on problems the executor can check. The solver
-answers with the answer whose candidates hold the most of that softmax mass
-(`by_answer`). It never sees gold at solve time; gold only labels its
-training candidates.
+candidate (a feature vector, `FEATURES`: its log probabilities, what it
+reads, its answer, and the values its steps computed on the way) with a
+small MLP fitted to put the candidates that reach the gold answer first: a
+softmax over the candidates of each problem (listwise), on problems the
+executor can check. The solver answers with the answer whose candidates hold
+the most of that softmax mass (`by_answer`). It never sees gold at solve
+time; gold only labels its training candidates.
 
 It is fitted on GSM8K fit problems (the specialists' training split: their
 candidates look a little better than unseen ones, 41% vs 35% with gold among
