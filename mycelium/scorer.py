@@ -57,18 +57,26 @@ def _log10(x) -> float:
     return math.log10(abs(float(x)) + 1)
 
 
-def _values(g, values: list) -> list[float]:
-    """A candidate's features from its executed step values (`FEATURES` from "steps with a fractional value")."""
+def _values(g, values: list, seen: dict, given: set, magnitudes: list[float]) -> list[float]:
+    """A candidate's features from its executed step values (`FEATURES` from "steps with a fractional value").
+    `seen` keeps what each value says, read once per question: its candidates share most of their values,
+    and sympy's comparisons are slow. `given`: the question's quantity values; `magnitudes`: their sizes."""
+    info = []
+    for v in values:
+        if v not in seen:
+            f = float(v)
+            seen[v] = (not v.is_integer, f < 0, f == 0, _log10(f), v in given)
+        info.append(seen[v])
+    fractional, negative, zero, size, given = zip(*info)
     ops = [s.op for s in g.steps]
     read = [o.ref for s in g.steps for o in s.operands if o.source is Source.QUANTITY]
-    given = {q.value for q in g.quantities}
-    largest = max((abs(q.value) for q in g.quantities), default=0)
     answer = values[-1] if g.answer is None else values[g.answer]
-    return [sum(not v.is_integer for v in values), sum(bool(v < 0) for v in values), max(map(_log10, values)),
-            sum(v == 0 for v in values), _log10(answer) - _log10(largest), sum(v in given for v in values[:-1]),
-            len(read) - len(set(read)), len(set(ops)), float(g.answer is not None and g.answer != len(values) - 1),
-            len(values) - len(set(values)), float(bool(g.quantities) and all(abs(answer) < abs(q.value) for q in g.quantities)),
-            ops.count(Op.SUB), ops.count(Op.DIV), math.log10(answer.q) if answer.is_Rational else 0.0]
+    a = abs(float(answer))
+    return [sum(fractional), sum(negative), max(size), sum(zero), _log10(a) - _log10(max(magnitudes, default=0)),
+            sum(given[:-1]), len(read) - len(set(read)), len(set(ops)),
+            float(g.answer is not None and g.answer != len(values) - 1), len(values) - len(set(values)),
+            float(bool(magnitudes) and a < min(magnitudes)), ops.count(Op.SUB), ops.count(Op.DIV),
+            math.log10(answer.q) if answer.is_Rational else 0.0]
 
 
 def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
@@ -81,6 +89,9 @@ def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
         best_of[c["answer"]] = max(best_of[c["answer"]], r)
     top = max(raw, default=0.0)
     by_value: dict = {}  # candidates share a few answers: read each once
+    seen: dict = {}  # the same for step values
+    quantities = candidates[0]["graph"].quantities if candidates else []
+    given, magnitudes = {q.value for q in quantities}, [abs(float(q.value)) for q in quantities]
     rows = []
     for c in candidates:
         g, p, x = c["graph"], c["parts"], c["answer"]
@@ -96,7 +107,7 @@ def features(candidates: list[dict], n_quantities: int) -> np.ndarray:
             p["plan"], p["steps"], p["steps"] / p["n"], p["n"], p["goal"], p["wiring"], float(c["plausible"]),
             len(used) / max(n_quantities, 1), n_quantities - len(used),
             sum(o.source is Source.CONSTANT for s in g.steps for o in s.operands),
-            sum(s.span is None for s in g.steps), dangling, *by_value[x], *_values(g, c["values"]),
+            sum(s.span is None for s in g.steps), dangling, *by_value[x], *_values(g, c["values"], seen, given, magnitudes),
         ])
     return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURES))
 
