@@ -67,13 +67,13 @@ def _values(g, values: list, seen: dict, given: set, magnitudes: list[float]) ->
             f = float(v)
             seen[v] = (not v.is_integer, f < 0, f == 0, _log10(f), v in given)
         info.append(seen[v])
-    fractional, negative, zero, size, given = zip(*info)
+    fractional, negative, zero, size, is_given = zip(*info)
     ops = [s.op for s in g.steps]
     read = [o.ref for s in g.steps for o in s.operands if o.source is Source.QUANTITY]
     answer = values[-1] if g.answer is None else values[g.answer]
     a = abs(float(answer))
     return [sum(fractional), sum(negative), max(size), sum(zero), _log10(a) - _log10(max(magnitudes, default=0)),
-            sum(given[:-1]), len(read) - len(set(read)), len(set(ops)),
+            sum(is_given[:-1]), len(read) - len(set(read)), len(set(ops)),
             float(g.answer is not None and g.answer != len(values) - 1), len(values) - len(set(values)),
             float(bool(magnitudes) and a < min(magnitudes)), ops.count(Op.SUB), ops.count(Op.DIV),
             math.log10(answer.q) if answer.is_Rational else 0.0]
