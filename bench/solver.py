@@ -1,24 +1,18 @@
 """Solver throughput and accuracy against the teacher answering with chain-of-thought, on the same problems.
 
-    $ python bench/solver.py --limit 400 --cot-limit 32 --out runs/main/bench-solver.json
-    system                             problems   problems/s  accuracy  s/problem
-    mycelium solver (batched)               400        41.23     13.2%     0.0243
-    teacher CoT (smollm2, greedy)            32         0.27      3.1%     3.6876
-    solver / CoT throughput ratio: 152×   (same first 32 problems: solver 9.4%, CoT 3.1%)   threads: 2
-
-Several models side by side, and where each one's time goes (stop 24, a machine without native bfloat16,
-so float32; batched as `solve_each` batches them):
-
-    $ python bench/solver.py --model runs/main/models/minilm,runs/main/models/minilm-l3 --cot-limit 8 --stages 640
+    $ python bench/solver.py --model runs/main/models/minilm --cot-limit 8 --stages 640
     system                                   problems   problems/s  accuracy  s/problem
-    solver minilm (6 layers, 16 plans)           1319        32.79     12.7%     0.0305
-    solver minilm-l3 (3 layers, 16 plans)        1319        48.03     11.0%     0.0208
-    teacher CoT (smollm2, greedy)                   8         0.16      0.0%     6.3023
+    solver minilm (6 layers, 16 plans)           1319       108.91     13.2%     0.0092
+    teacher CoT (smollm2, greedy)                   8         0.25      0.0%     3.9681
+    solver minilm (6 layers, 16 plans) / CoT throughput ratio: 432×   (same first 8 problems: solver 0.0%, CoT 0.0%)
     ...
     ms per problem on one core (first 640, batches of 64, no pipeline)
     system                                   before encoder  encoder   after   total
-    solver minilm (6 layers, 16 plans)                  8.7     33.4    12.0    54.1
-    solver minilm-l3 (3 layers, 16 plans)               7.4     16.8    12.8    36.9
+    solver minilm (6 layers, 16 plans)                  3.4      6.1     8.6    18.1
+
+The whole of GSM8K test on stop 26's 2-core Intel Xeon with AMX (the encoder in bfloat16), batched as
+`solve_each` batches them. On stop 25's AMD EPYC, without bfloat16 units, the same model gave 47.1 problems/s.
+`--model A,B` puts several models side by side.
 
 The solver runs on every problem in batches (one encoder pass per batch); the
 teacher generates a greedy chain-of-thought (batched, left-padded) for the
