@@ -32,7 +32,8 @@ Batches run as a two-stage pipeline: while steps 2–4 (mostly Python) finish
 one batch, the encoder (torch, which lets go of the GIL) reads the next on a
 thread of its own. With `workers` > 1 and many questions, batches go to
 processes instead, a core each (`pool.py`). The encoder runs in bfloat16
-where the CPU has it (`encoder_dtype="auto"`); the heads stay in float32.
+where the CPU has it and it keeps batch-mates apart (`encoder_dtype="auto"`);
+the heads stay in float32.
 
 The solver sees the question text only; refusals (not English, no
 quantity, too long, numbers too large, over the time budget) come back as a
@@ -87,10 +88,12 @@ class SolverConfig:
     pipeline: bool = True  # the encoder reads the next batch on a thread of its own while this one is finished
     keep_features: bool = False  # keep each candidate's scorer features (to fit a scorer)
     keep_graphs: bool = False  # keep each candidate's graph (the self-improving loop looks for one that reaches gold)
-    # The encoder's arithmetic: "auto" (bfloat16 where the CPU has native bfloat16, as oneDNN reports, else
-    # float32), "bfloat16" autocast, or "float32". bfloat16 reads 1.75× faster on 2 cores with states at cosine
-    # 1.0000 to float32's; padded to a multiple of 16 tokens (`_prepare`), a question's answer does not depend on
-    # its batch-mates in either.
+    # The encoder's arithmetic: "auto" (bfloat16 where the CPU has native bfloat16, as oneDNN reports, and its
+    # rows do not depend on each other, `bfloat16_rows_independent`; else float32), "bfloat16" autocast, or
+    # "float32". bfloat16 reads 1.75× faster on 2 cores with states at cosine 1.0000 to float32's (2.8× on an AMX
+    # Xeon); padded to a multiple of 16 tokens (`_prepare`), a question's answer does not depend on its
+    # batch-mates where "auto" chooses it. Asked for by name on a CPU where the probe fails, it may, by a
+    # last bit of the states.
     encoder_dtype: str = "auto"
     # Worker processes for many questions (`pool.py`): 1 = this process only (the default for library use: a
     # script that spawns processes needs an `if __name__ == "__main__":` guard), 0 = one per CPU core (up to 8;
@@ -323,10 +326,43 @@ def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int) -> list
 
 def encoder_dtype(name: str = "auto") -> str:
     """The encoder's arithmetic that `SolverConfig.encoder_dtype` names on this machine: "auto" is bfloat16
-    where the CPU has native bfloat16 (oneDNN's test), else float32."""
+    where the CPU has native bfloat16 (oneDNN's test) and its linear layers give each row the same bits
+    whatever the other rows (`bfloat16_rows_independent`), else float32."""
     if name == "auto":
-        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return "bfloat16" if native and bfloat16_rows_independent() else "float32"
     return name
+
+
+def bfloat16_rows_independent() -> bool:
+    """Whether bfloat16 linear layers on this CPU, at this process's thread count and at one thread (worker
+    processes), give the first rows the same bits whatever the number of rows below them.
+
+    oneDNN picks its kernel blocking by the row count (batch × tokens). On AVX-512 CPUs that leaves each
+    row's sum alone; on an AMX Xeon (stop 26) a 1536 → 384 layer at 48–368 rows sums in another order, a
+    question's states moved by 0.015 with its batch-mates and its candidates' scores by up to 0.03, so a
+    resumed evaluation could answer differently. About 0.3 s once a process where it holds."""
+    return all(_rows_independent(t) for t in {1, torch.get_num_threads()})
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_independent(threads: int) -> bool:
+    import torch.nn.functional as F
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        for k in (384, 1536, 3072):  # the inner sizes of small encoders' layers: MiniLM's, BERT-base's
+            x, w, b = torch.randn(2048, k, generator=g), torch.randn(384, k, generator=g), torch.randn(384, generator=g)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                first = F.linear(x[:16], w, b)  # [row, out]
+                for m in [*range(32, 513, 16), 1024, 2048]:
+                    if not torch.equal(F.linear(x[:m], w, b)[:16], first):
+                        return False
+        return True
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=1)

@@ -175,6 +175,28 @@ def test_an_answer_does_not_depend_on_its_batch_mates(model_dir, dtype):
         assert np.allclose([x for _, x in a], [x for _, x in b], rtol=0, atol=1e-4)
 
 
+def test_auto_takes_bfloat16_only_where_rows_keep_apart(monkeypatch):
+    """On an AMX Xeon a bfloat16 layer sums a row in another order when the batch has more rows, so "auto"
+    asks for bfloat16 only where a probe finds each row's bits alone; asked for by name, it is used anyway."""
+    import torch.nn.functional as F
+
+    import mycelium.solver as solver_module
+    from mycelium.solver import _rows_independent, bfloat16_rows_independent, encoder_dtype
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    for holds, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(solver_module, "bfloat16_rows_independent", lambda: holds)
+        assert encoder_dtype("auto") == want and encoder_dtype("bfloat16") == "bfloat16"
+    monkeypatch.undo()
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda x, w, b: linear(x, w, b) + 1e-2 * (len(x) > 256))  # rows that see the batch
+    _rows_independent.cache_clear()
+    try:
+        assert not bfloat16_rows_independent()
+    finally:
+        _rows_independent.cache_clear()
+
+
 @pytest.mark.slow
 def test_enumerated_groupings_still_solve(model_dir):
     """DESIGN.md's enumeration of C1's spans, kept to compare with the learned plan."""
