@@ -1,6 +1,6 @@
 """Solver throughput and accuracy against the teacher answering with chain-of-thought, on the same problems.
 
-    $ python bench/solver.py --model runs/main/models/minilm --cot-limit 8 --stages 640
+    $ python bench/solver.py --model runs/main/models/minilm --cot-limit 8 --stages 640 --encoder-dtype bfloat16
     system                                   problems   problems/s  accuracy  s/problem
     solver minilm (6 layers, 16 plans)           1319       108.91     13.2%     0.0092
     teacher CoT (smollm2, greedy)                   8         0.25      0.0%     3.9681
@@ -10,8 +10,10 @@
     system                                   before encoder  encoder   after   total
     solver minilm (6 layers, 16 plans)                  3.4      6.1     8.6    18.1
 
-The whole of GSM8K test on stop 26's 2-core Intel Xeon with AMX (the encoder in bfloat16), batched as
-`solve_each` batches them. On stop 25's AMD EPYC, without bfloat16 units, the same model gave 47.1 problems/s.
+The whole of GSM8K test on stop 26's 2-core Intel Xeon with AMX, batched as `solve_each` batches them. There
+`--encoder-dtype auto` chooses float32 (66.6 problems/s, encoder 16.9 ms): its bfloat16 layers sum a row
+differently with more rows below it, so answers could depend on batch-mates. On stop 25's AMD EPYC, without
+bfloat16 units, the same model gave 47.1 problems/s.
 `--model A,B` puts several models side by side.
 
 The solver runs on every problem in batches (one encoder pass per batch); the

@@ -28,7 +28,7 @@ SourceOpt = typer.Option("local", "--source", help="local, hub, or a path (.json
 RootOpt = typer.Option(None, "--data-root", envvar="MYCELIUM_DATA", help="folder of JSON Lines datasets")
 WorkersOpt = typer.Option(0, help="solver processes for many questions: 0 = one per CPU core, 1 = this process only")
 DtypeOpt = typer.Option("auto", "--encoder-dtype", help="the encoder's arithmetic: auto (bfloat16 where the CPU has "
-                        "it natively, else float32), bfloat16 or float32")
+                        "it natively and it keeps batch-mates apart, else float32), bfloat16 or float32")
 
 
 @data_app.command("list")

@@ -341,7 +341,7 @@ def bfloat16_rows_independent() -> bool:
     oneDNN picks its kernel blocking by the row count (batch × tokens). On AVX-512 CPUs that leaves each
     row's sum alone; on an AMX Xeon (stop 26) a 1536 → 384 layer at 48–368 rows sums in another order, a
     question's states moved by 0.015 with its batch-mates and its candidates' scores by up to 0.03, so a
-    resumed evaluation could answer differently. About 0.3 s once a process where it holds."""
+    resumed evaluation could answer differently. Under a second, once a process."""
     return all(_rows_independent(t) for t in {1, torch.get_num_threads()})
 
 
