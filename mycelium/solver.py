@@ -341,7 +341,8 @@ def bfloat16_rows_independent() -> bool:
     oneDNN picks its kernel blocking by the row count (batch × tokens). On AVX-512 CPUs that leaves each
     row's sum alone; on an AMX Xeon (stop 26) a 1536 → 384 layer at 48–368 rows sums in another order, a
     question's states moved by 0.015 with its batch-mates and its candidates' scores by up to 0.03, so a
-    resumed evaluation could answer differently. Under a second, once a process."""
+    resumed evaluation could answer differently. About a second, once a process, where it holds (0.25 s
+    where it fails). It checks the linear layers only; the batch-mates test checks the whole encoder."""
     return all(_rows_independent(t) for t in {1, torch.get_num_threads()})
 
 
