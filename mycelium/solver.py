@@ -48,7 +48,7 @@ import sys
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -432,7 +432,9 @@ class Solver:
         """Start the worker processes now (else the first large call does) and, with `wait`, wait until each
         has loaded the model: before timing, say."""
         if self.workers > 1 and self._pool is None:
-            pool = WorkerPool(self.folder, self.config, self.workers - 1)
+            # the workers take this process's choice of arithmetic: no probe of their own, and one dtype for all
+            config = replace(self.config, encoder_dtype="bfloat16" if self.bfloat16 else "float32")
+            pool = WorkerPool(self.folder, config, self.workers - 1)
             self._pool, self._stop = pool, weakref.finalize(self, pool.close)  # the workers go when the solver does
         if wait and self._pool is not None:
             try:
