@@ -15,7 +15,7 @@ from mycelium.data import get
 from mycelium.errors import BadInput
 from mycelium.evaluate import evaluate
 from mycelium.numbers import find_quantities
-from mycelium.solver import Solver, SolverConfig, _language_model, decode, detect_language, groupings, plans, value_type
+from mycelium.solver import Solver, SolverConfig, _collector_paused, _language_model, decode, detect_language, groupings, plans, value_type
 from mycelium.specialists import SpecialistConfig, Specialists, encode
 
 from .test_specialists import EXAMPLE, SECOND
@@ -328,3 +328,29 @@ def test_solve_cli(model_dir, tmp_path):
     assert clash.returncode == 2 and "holds answers to other questions" in clash.stderr
     assert out.read_text().splitlines() == answers  # nothing of the user's is overwritten
     assert run("x", "--model", str(model_dir), "--out", str(out)).returncode == 2
+
+
+def test_the_collector_waits_for_a_batch_and_comes_back_as_it_was(trained_model_dir):
+    import gc
+
+    seen = []
+    with _collector_paused():
+        seen.append(gc.isenabled())
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(ZeroDivisionError):  # an error inside gives the collector back too
+        with _collector_paused():
+            1 / 0
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        with _collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    solver = Solver.load(trained_model_dir)
+    paused = []
+    original = solver._finish_batch
+    solver._finish_batch = lambda batch: paused.append(not gc.isenabled()) or original(batch)
+    assert solver.solve("Tom has 3 boxes with 4 apples each. How many apples does he have?").answer is not None
+    assert paused == [True] and gc.isenabled()
