@@ -31,7 +31,8 @@
 Batches run as a two-stage pipeline: while steps 2–4 (mostly Python) finish
 one batch, the encoder (torch, which lets go of the GIL) reads the next on a
 thread of its own. With `workers` > 1 and many questions, batches go to
-processes instead, a core each (`pool.py`). The encoder runs in bfloat16
+processes instead, a core each (`pool.py`). Python's garbage collector waits
+while a batch is finished (`_collector_paused`). The encoder runs in bfloat16
 where the CPU has it and it keeps batch-mates apart (`encoder_dtype="auto"`);
 the heads stay in float32.
 
