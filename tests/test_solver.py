@@ -258,7 +258,8 @@ def test_worker_processes_give_the_same_answers(model_dir):
         pooled._finish = lambda batch: here.append(1) or finish(batch)  # this process's own batches
         got = list(pooled.solve_each(questions, progress=False))
         assert pooled._pool is not None and pooled._pool.workers == 1  # this process and one spawned
-        assert 0 < len(here) < 4  # of 4 batches: the worker took its two while loading, this process the rest
+        batches = len(list(pooled.batches(questions, pooled.config.window * pooled.config.batch_size)))
+        assert batches >= 4 and 0 < len(here) < batches  # the worker took some while loading, this process the rest
         again = pooled.solve_batch(questions)  # the same workers, started once
         pool = pooled._pool
     assert pooled._pool is None and pool._executor._shutdown_thread  # closed on leaving the block
@@ -354,3 +355,35 @@ def test_the_collector_waits_for_a_batch_and_comes_back_as_it_was(trained_model_
     solver._finish_batch = lambda batch: paused.append(not gc.isenabled()) or original(batch)
     assert solver.solve("Tom has 3 boxes with 4 apples each. How many apples does he have?").answer is not None
     assert paused == [True] and gc.isenabled()
+
+
+def test_batches_pad_no_question_past_its_own_rounded_length():
+    """Within a window, questions that round up to the same number of tokens share batches (shortest first),
+    so no batch pads a question further than its own rounded length; every question is read once."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from mycelium.backbone import backbone_folder
+    from mycelium.data import load
+    from mycelium.solver import PAD_MULTIPLE
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone_folder())
+    questions = [p.question for p in load("gsm8k", "test")[:90]] + ["", None, "one two three"]
+    stand_in = SimpleNamespace(config=SolverConfig(batch_size=8),
+                               model=SimpleNamespace(tokenizer=tokenizer, config=SimpleNamespace(max_tokens=64)))
+    got = list(Solver.batches(stand_in, questions, 40))
+    assert sorted(i for b in got for i in b) == list(range(len(questions)))
+    assert all(0 < len(b) <= 8 for b in got)
+    rounded = lambda i: 0 if not isinstance(questions[i], str) else -(-min(  # noqa: E731
+        len(tokenizer(questions[i])["input_ids"]), 64) // PAD_MULTIPLE)
+    window_of = lambda i: i // 40  # noqa: E731
+    for b in got:
+        assert len({rounded(i) for i in b}) == 1 and len({window_of(i) for i in b}) == 1
+    assert len({rounded(i) for i in range(len(questions))}) > 2  # several lengths, so several kinds of batch
+    assert any(rounded(i) == 64 // PAD_MULTIPLE for i in range(90))  # truncated questions round to the limit
+    firsts = [window_of(b[0]) for b in got]
+    assert firsts == sorted(firsts)  # windows in order: answers come out early
+    for w in range(3):  # shortest first within a window, question order within a length
+        order = [i for b in got if window_of(b[0]) == w for i in b]
+        assert order == sorted(order, key=lambda i: (rounded(i), i))
