@@ -2,18 +2,20 @@
 
     $ python bench/solver.py --model runs/main/models/minilm --cot-limit 8 --stages 640
     system                                   problems   problems/s  accuracy  s/problem
-    solver minilm (6 layers, 16 plans)           1319        81.38     12.9%     0.0123
-    teacher CoT (smollm2, greedy)                   8         0.24      0.0%     4.0861
-    solver minilm (6 layers, 16 plans) / CoT throughput ratio: 333×   (same first 8 problems: solver 0.0%, CoT 0.0%)
+    solver minilm (6 layers, 16 plans)           1319       103.38     13.0%     0.0097
+    teacher CoT (smollm2, greedy)                   8         0.26      0.0%     3.8125
+    solver minilm (6 layers, 16 plans) / CoT throughput ratio: 394×   (same first 8 problems: solver 0.0%, CoT 0.0%)
     ...
     ms per problem on one core (first 640, batches of 64, no pipeline)
     system                                   before encoder  encoder   after   total
-    solver minilm (6 layers, 16 plans)                  4.8      9.3     7.7    21.8
+    solver minilm (6 layers, 16 plans)                  3.4      6.6     6.6    16.7
 
-The whole of GSM8K test on stop 27's 2-core AMD EPYC with AVX-512 bfloat16, where `--encoder-dtype auto`
-takes bfloat16 (the batch-invariance probe holds there). The collector pause after the encoder took it from
-69.8 problems/s (after-encoder 10.6 ms) to 81.4. On stop 26's Intel Xeon with AMX, `auto` chose float32
-(66.6 problems/s); bfloat16 by name gave 108.9 there, where its rows are not batch-invariant.
+The whole of GSM8K test on stop 28's 2-core AMD EPYC with AVX-512 bfloat16, where `--encoder-dtype auto`
+takes bfloat16 (the batch-invariance probe holds there). The same model and machine before stop 28's two
+changes (batches cut at rounded token lengths; spaCy's products in torch): 82.4 problems/s, 4.9 / 9.2 /
+7.4 ms, the same answers. Stop 27's collector pause took it from 69.8 to 81.4. On stop 26's Intel Xeon
+with AMX, `auto` chose float32 (66.6 problems/s); bfloat16 by name gave 108.9 there, where its rows are
+not batch-invariant.
 `--model A,B` puts several models side by side.
 
 The solver runs on every problem in batches (one encoder pass per batch); the

@@ -34,7 +34,9 @@ thread of its own. With `workers` > 1 and many questions, batches go to
 processes instead, a core each (`pool.py`). Python's garbage collector waits
 while a batch is finished (`_collector_paused`). The encoder runs in bfloat16
 where the CPU has it and it keeps batch-mates apart (`encoder_dtype="auto"`);
-the heads stay in float32.
+the heads stay in float32. Questions share a batch only with those padded to
+the same multiple of 16 tokens (`batches`), so no padding is read that a
+question alone would not read.
 
 The solver sees the question text only; refusals (not English, no
 quantity, too long, numbers too large, over the time budget) come back as a
