@@ -62,9 +62,9 @@ def torch_gemm():
     class TorchGemm(NumpyOps):
         """float32 products through torch, at least `MIN_ROWS` rows at a time.
 
-        The PyPI `blis` wheel selects its "generic" sub-configuration (no SIMD kernels) on AVX-512 CPUs: a
-        4,500 × 288 × 288 product took 25 ms against torch's 10 on one core, and the tok2vec layers' products
-        were 2.1 of spaCy's 3.4 ms a GSM8K question (stop 28). torch's small-row kernels (1–11 rows) sum in
+        The PyPI `blis` wheel selected its "generic" sub-configuration (no SIMD kernels) on stop 28's AVX-512
+        AMD EPYC: a 4,500 × 288 × 288 product took 25 ms against torch's 10 on one core, and the tok2vec layers'
+        products were 2.1 of spaCy's 3.4 ms a GSM8K question. torch's small-row kernels (1–11 rows) sum in
         another order, so shorter inputs are padded with zero rows; from there on a row's bits do not depend on
         the other rows or the thread count (`torch_gemm_rows_independent`), so neither does a question's parse.
         Same tags, heads and clauses as blis's on 4,819 GSM8K, ASDiv and MAWPS questions."""
@@ -90,7 +90,7 @@ def torch_gemm():
 def torch_gemm_rows_independent() -> bool:
     """Whether torch's float32 products, padded to `MIN_ROWS` rows, give each row the same bits whatever
     the number of rows beside it, at one thread and at this process's thread count: then spaCy may use them and
-    a question parses the same alone or among others. Shapes of en_core_web_sm's layers; a few milliseconds."""
+    a question parses the same alone or among others. Shapes of en_core_web_sm's layers; 0.13 s once a process."""
     import torch
 
     gemm = torch_gemm()().gemm
