@@ -2,13 +2,15 @@
 
     $ python bench/solver.py --model runs/main/models/minilm --cot-limit 8 --stages 640
     system                                   problems   problems/s  accuracy  s/problem
-    solver minilm (6 layers, 16 plans)           1319       103.38     13.0%     0.0097
-    teacher CoT (smollm2, greedy)                   8         0.26      0.0%     3.8125
-    solver minilm (6 layers, 16 plans) / CoT throughput ratio: 394×   (same first 8 problems: solver 0.0%, CoT 0.0%)
+    solver minilm (6 layers, 16 plans)           1319       100.87     14.8%     0.0099
+    teacher CoT (smollm2, greedy)                   8         0.25      0.0%     4.0350
+    solver minilm (6 layers, 16 plans) / CoT throughput ratio: 407×   (same first 8 problems: solver 0.0%, CoT 0.0%)
     ...
     ms per problem on one core (first 640, batches of 64, no pipeline)
     system                                   before encoder  encoder   after   total
-    solver minilm (6 layers, 16 plans)                  3.4      6.6     6.6    16.7
+    solver minilm (6 layers, 16 plans)                  3.0      5.7     6.6    15.3
+
+Stop 29's model (C3 reads its earlier picks) on the same machine as stop 28's 103.4 problems/s (13.0%).
 
 The whole of GSM8K test on stop 28's 2-core AMD EPYC with AVX-512 bfloat16, where `--encoder-dtype auto`
 takes bfloat16 (the batch-invariance probe holds there). The same model and machine before stop 28's two

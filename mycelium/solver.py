@@ -20,7 +20,8 @@
    in the batch in one pass over the shared encoder states.
 4. Every candidate is decoded with a beam, all at once (`decode`): per step
    the best operand tuples (C3 points at mentions, earlier steps, constants,
-   or "no more operands"), each with C2's operation given those operands;
+   or "no more operands", each slot given the tuple's picks before it), each
+   with C2's operation given those operands;
    C6 picks the answer step and C5 scores the wiring (does step t feed step
    s). Each distinct graph is executed once. Candidates that execute rank
    first; among them the learned scorer (`scorer.py`, fitted on GSM8K fit)
@@ -266,7 +267,7 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
 
 
 @torch.no_grad()
-def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int) -> list[list[tuple[float, list]]]:
+def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int, pair=None) -> list[list[tuple[float, list]]]:
     """Beam search over the steps of every candidate at once: per row [(log prob, [(op, [cand, ...]) per step])].
 
     op_logits: [row, step, op] C2 before the operands; op_by_operand: [row,
@@ -274,7 +275,10 @@ def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int) -> list
     operands); c3_lp: [row, step, slot, cand] over [mentions | steps |
     constants | another constant | no more]; allowed: [row, step, cand] what
     a step may point at (its question's mentions, earlier steps, constants);
-    n_steps: [row]. "No more" may end a step after two operands. Per step the
+    n_steps: [row]; pair: [row, cand, cand] C3's operand-after-operand term
+    (`specialists.c3_given`), or None: each slot's log probabilities are
+    renormalised given the tuple's picks so far, as in training. "No more"
+    may end a step after two operands. Per step the
     best `beam` operand tuples, each with its best two operations, then a
     beam over steps; every row and step advances together (tensor ops, no
     Python loop over candidates).
@@ -285,17 +289,23 @@ def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int) -> list
     # operand tuples, slot by slot
     score, idx = c3_lp[:, :, 0].masked_fill(~allowed, neg).topk(min(beam, C), -1)  # [row, step, b]
     picks = idx[..., None]  # [row, step, b, slot]
+    rows = torch.arange(R)[:, None, None]
+    before = None if pair is None else pair[rows, idx]  # [row, step, b, cand]: the picks' pair terms so far
     done_score, done_picks = [], []
     for slot in range(1, K):
-        lp = c3_lp[:, :, slot]  # [row, step, cand]
+        lp = c3_lp[:, :, slot, None]  # [row, step, 1, cand]
+        if before is not None:  # shifting log probabilities by a constant leaves their softmax alone
+            lp = torch.log_softmax(lp + before, -1)  # [row, step, b, cand]
         if slot >= 2:  # stop here: "no more"
-            done_score.append(score + lp[..., end:])
+            done_score.append(score + lp[..., end])
             done_picks.append(torch.nn.functional.pad(picks, (0, K - slot), value=-1))
         used = torch.zeros(*picks.shape[:3], C, dtype=torch.bool).scatter_(3, picks, True)
-        grow = (score[..., None] + lp[:, :, None]).masked_fill(~allowed[:, :, None] | used, neg)  # [row, step, b, cand]
+        grow = (score[..., None] + lp).masked_fill(~allowed[:, :, None] | used, neg)  # [row, step, b, cand]
         score, j = grow.flatten(2).topk(min(beam, grow[0, 0].numel()), -1)
-        src = (j // C)[..., None].expand(-1, -1, -1, picks.shape[-1])
-        picks = torch.cat([picks.gather(2, src), (j % C)[..., None]], -1)
+        src = (j // C)[..., None]
+        picks = torch.cat([picks.gather(2, src.expand(-1, -1, -1, picks.shape[-1])), (j % C)[..., None]], -1)
+        if before is not None:
+            before = before.gather(2, src.expand(-1, -1, -1, C)) + pair[rows, j % C]
     done_score.append(score)
     done_picks.append(picks)
     t_score, j = torch.cat(done_score, 2).topk(min(beam, sum(x.shape[2] for x in done_score)), -1)  # [row, step, b]
@@ -674,7 +684,7 @@ class Solver:
         allowed = batch["cand_mask"].clone()  # [row, step, cand]
         allowed[..., -2:] = False  # "another constant" has no value; "no more" is decoded apart
         decoded = decode(heads["c2"], heads["c2_operand"], torch.log_softmax(heads["c3"], -1), allowed,
-                         batch["n_steps"], self.config.beam)
+                         batch["n_steps"], self.config.beam, heads.get("c3_pair"))
         goal_logits = heads["c6_goal"].numpy()  # [cand, step]
         edge_lp = torch.nn.functional.logsigmoid(heads["c5"]).numpy()  # [cand, earlier, later]: log p(edge)
         no_edge_lp = torch.nn.functional.logsigmoid(-heads["c5"]).numpy()

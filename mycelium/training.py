@@ -23,7 +23,7 @@ import torch
 
 from .config import torch_device
 from .errors import BadInput
-from .specialists import HEADS, OPS, SpecialistConfig, Specialists, encode, labelled_plan, losses, op_logits
+from .specialists import HEADS, OPS, SpecialistConfig, Specialists, c3_given, encode, labelled_plan, losses, op_logits
 from .store import atomic_write
 
 
@@ -115,12 +115,14 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32, pla
         ops = op_logits(out, y["c3"]).argmax(-1)  # given the labelled operands, as the solver asks after choosing them
         c["c2"] += int((ops[ok] == y["c2"][ok]).sum()); c["n2"] += int(ok.sum())
         end = out["c3"].shape[-1] - 1  # "no more operands": scored apart, as arity
+        forced = c3_given(out, y["c3"])  # each slot given the labelled operands before it
         ok = (y["c3"] >= 0) & (y["c3"] != end)
-        c["c3"] += int((out["c3"].argmax(-1)[ok] == y["c3"][ok]).sum()); c["n3"] += int(ok.sum())
-        right, n = step_operands_right(out["c3"], y["c3"], y["c2"], commutative=model.config.c2_labels == "ops")
+        c["c3"] += int((forced.argmax(-1)[ok] == y["c3"][ok]).sum()); c["n3"] += int(ok.sum())
+        right, n = step_operands_right(out["c3"], y["c3"], y["c2"], commutative=model.config.c2_labels == "ops",
+                                       pair=out.get("c3_pair"))
         c["c3s"] += right; c["n3s"] += n
         ok = y["c3"] >= 0
-        hit = (out["c3"].argmax(-1) == end) == (y["c3"] == end)
+        hit = (forced.argmax(-1) == end) == (y["c3"] == end)
         c["c3e"] += int(hit[ok].sum()); c["n3e"] += int(ok.sum())
         ok = y["c4"] >= 0
         c["c4"] += int((out["c4"].argmax(-1)[ok] == y["c4"][ok]).sum()); c["n4"] += int(ok.sum())
@@ -142,23 +144,29 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32, pla
             "c6_type_accuracy": r("c6t", "n6t"), "examples": len(examples)}
 
 
-def step_operands_right(c3, y_c3, y_c2, commutative: bool) -> tuple[int, int]:
-    """Steps whose operands C3 gets all right, decoded as the solver does: slot by slot, no candidate twice,
-    as many as the label has; order ignored for add and mul. Returns (right, labelled steps).
+def step_operands_right(c3, y_c3, y_c2, commutative: bool, pair=None) -> tuple[int, int]:
+    """Steps whose operands C3 gets all right, decoded greedily as the solver's beam does: slot by slot,
+    each slot given C3's own earlier picks (`pair`, C3's operand-after-operand term, if the model has one), no
+    candidate twice, as many as the label has; order ignored for add and mul. Returns (right, labelled steps).
 
     Per-slot accuracy (`c3_operand_accuracy`) counts 16 + 3 labelled as 3 + 16 wrong and a
     repeated pick right; this is the figure a decoded graph lives with.
-    c3: [batch, step, slot, cand] logits; y_c3: [batch, step, slot]; y_c2: [batch, step] operation labels.
+    c3: [batch, step, slot, cand] logits; y_c3: [batch, step, slot]; y_c2: [batch, step] operation labels;
+    pair: [batch, cand, cand] or None.
     """
     end = c3.shape[-1] - 1  # "no more operands"
     gold = y_c3.masked_fill(y_c3 == end, -100)  # [batch, step, slot]
     labelled = (gold >= 0).any(-1) & (y_c2 >= 0)  # [batch, step]
     used = torch.zeros_like(c3[:, :, 0], dtype=torch.bool)  # [batch, step, cand]
     used[..., end] = True
+    before = torch.zeros_like(c3[:, :, 0])  # [batch, step, cand]: the pair terms of the picks so far
+    rows = torch.arange(c3.shape[0], device=c3.device)[:, None]
     picks = []
     for k in range(c3.shape[2]):
-        pick = c3[:, :, k].masked_fill(used, float("-inf")).argmax(-1)  # [batch, step]
+        pick = (c3[:, :, k] + before).masked_fill(used, float("-inf")).argmax(-1)  # [batch, step]
         used = used.scatter(2, pick[..., None], True)
+        if pair is not None:
+            before = before + pair[rows, pick]
         picks.append(pick)
     picks = torch.stack(picks, -1).masked_fill(gold < 0, -100)  # [batch, step, slot]: as many as labelled
     if commutative:
@@ -239,6 +247,8 @@ def load_model(folder: Path) -> Specialists:
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text())
+    for option in ("c3_pairs", "step_reader"):  # saved before C3 read its earlier picks, before the step reader
+        cfg["specialists"].setdefault(option, False)
     model = Specialists.create(SpecialistConfig(**cfg["specialists"]))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model.eval()

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mycelium.specialists import SpecialistConfig, Specialists, encode, losses
+from mycelium.specialists import SpecialistConfig, Specialists, c3_given, encode, losses
 from mycelium.training import TrainConfig, evaluate, load_model, save_model, step_operands_right, train
 
 EXAMPLE = {
@@ -87,7 +87,9 @@ def test_encode_targets(fresh):
 
 def test_heads_read_each_question_once_for_many_candidates(fresh):
     """The solver's layout (rows per candidate, states per question, `owner`) gives the heads of copied states."""
-    model = fresh()
+    model = Specialists.create(SpecialistConfig(constants=["1/100", "365"], step_reader=True), seed=0)
+    for p in (model.c3_pair_next.weight, model.step_o.weight, model.step_k_in, model.step_v_in):
+        torch.nn.init.normal_(p, std=0.05)  # a new model's pair term and step reader add zero: make them count
     batch = encode(model, [EXAMPLE, SECOND])
     with torch.no_grad():
         hidden = model.read(batch["input_ids"], batch["attention_mask"])  # [question, token, d]
@@ -114,7 +116,8 @@ def test_heads_read_each_question_once_for_many_candidates(fresh):
                                       "mention_mask": batch["mention_mask"], "attention_mask": batch["attention_mask"],
                                       "step_table": table, "step_index": index})
     for theirs, ours in ((copied, shared), (copied_again, tabled)):
-        for k in ("c2", "c2_operand", "c3", "c4", "c6_goal", "c6_type"):
+        assert ours["c3_pair"].abs().max() > 0
+        for k in ("c2", "c2_operand", "c3", "c3_pair", "c4", "c6_goal", "c6_type"):
             torch.testing.assert_close(ours[k], theirs[k])
         torch.testing.assert_close(ours["c1"][owner], theirs["c1"])
         for r, n in enumerate(n_steps.tolist()):  # C5 is computed for the pairs the solver reads: earlier -> later steps
@@ -137,6 +140,51 @@ def test_step_operands_as_the_solver_decodes():
     assert step_operands_right(c3, y, ops, commutative=True) == (2, 3)
     y[0, 2] = -100  # an unlabelled step does not count
     assert step_operands_right(c3, y, ops, commutative=True) == (2, 2)
+
+
+def test_c3_reads_the_operands_picked_before_each_slot():
+    """Slot k's logits add pair[p, :] for every pick p in slots before k; no pick, nothing added."""
+    g = torch.Generator().manual_seed(0)
+    c3, pair = torch.randn(2, 1, 3, 4, generator=g), torch.randn(2, 4, 4, generator=g)  # [batch, step, slot, cand]
+    picks = torch.tensor([[[0, 2, -100]], [[-100, -100, -100]]])  # [batch, step, slot]
+    given = c3_given({"c3": c3, "c3_pair": pair}, picks)
+    torch.testing.assert_close(given[0, 0, 0], c3[0, 0, 0])
+    torch.testing.assert_close(given[0, 0, 1], c3[0, 0, 1] + pair[0, 0])
+    torch.testing.assert_close(given[0, 0, 2], c3[0, 0, 2] + pair[0, 0] + pair[0, 2])
+    torch.testing.assert_close(given[1], c3[1])
+    assert c3_given({"c3": c3}, picks) is c3  # a model without the term
+
+
+def test_new_terms_start_at_zero_and_old_models_load_without_them(fresh, tmp_path):
+    model = fresh()
+    batch = encode(model, [EXAMPLE, SECOND])
+    with torch.no_grad():
+        out = model(batch)
+    assert out["c3_pair"].shape == (2, out["c3"].shape[-1], out["c3"].shape[-1])
+    assert torch.equal(c3_given(out, batch["targets"]["c3"]), out["c3"])  # V starts at zero: the old pointer
+    old = Specialists.create(SpecialistConfig(constants=["1/100", "365"], c3_pairs=False, step_reader=False), seed=0)
+    save_model(old, tmp_path, {})
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["specialists"]["c3_pairs"], cfg["specialists"]["step_reader"]  # as a model saved before the options
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    loaded = load_model(tmp_path)
+    assert not loaded.config.c3_pairs and not hasattr(loaded, "c3_pair_prev")
+    assert not loaded.config.step_reader and not hasattr(loaded, "step_q")
+    with torch.no_grad():
+        assert "c3_pair" not in loaded(batch)
+
+
+def test_step_operands_decode_each_slot_given_the_picks_before_it():
+    """With a pair term, the greedy decode's second pick follows its first: mention 1 calls for mention 0."""
+    c3 = torch.full((1, 1, 2, 4), -5.0)  # [batch, step, slot, cand]: mentions 0-2, "no more"
+    c3[0, 0, 0, 1] = 2.0
+    c3[0, 0, 1, 2], c3[0, 0, 1, 0] = 1.0, 0.0  # alone, slot 1 prefers mention 2
+    pair = torch.zeros(1, 4, 4)
+    y, ops = torch.tensor([[[1, 0]]]), torch.tensor([[1]])  # sub(m1, m0)
+    assert step_operands_right(c3, y, ops, commutative=True) == (0, 1)
+    assert step_operands_right(c3, y, ops, commutative=True, pair=pair) == (0, 1)  # a zero term changes nothing
+    pair[0, 1, 0] = 2.0  # after mention 1, mention 0
+    assert step_operands_right(c3, y, ops, commutative=True, pair=pair) == (1, 1)
 
 
 @pytest.mark.slow
@@ -265,3 +313,26 @@ def test_a_cut_model_saves_and_loads_cut(tmp_path):
     with torch.no_grad():
         a, c = m(b), again(b)
     assert all(torch.allclose(a[k], c[k]) for k in a)
+
+
+def test_the_step_reader_starts_as_nothing_and_reads_outside_the_region():
+    """A new reader adds zero; once it counts, a step's state moves when text outside its region changes."""
+    model = Specialists.create(SpecialistConfig(constants=["1/100", "365"], step_reader=True), seed=0)
+    batch = encode(model, [EXAMPLE])
+    hidden = model.read(batch["input_ids"], batch["attention_mask"]).detach()  # [1, token, d]
+    mask = batch["step_mask"][0]  # [step, token]
+    table = torch.randn(mask.shape[0], hidden.shape[-1])
+    owner = torch.zeros(mask.shape[0], dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(model.read_steps(table, mask, owner, hidden, batch["attention_mask"]), table)
+        torch.nn.init.normal_(model.step_o.weight, std=0.05)
+        read = model.read_steps(table, mask, owner, hidden, batch["attention_mask"])
+        outside = (mask[0] == 0) & (batch["attention_mask"][0] > 0)  # [token]
+        moved = hidden.clone()
+        moved[0, outside] += 1.0
+        assert not torch.allclose(model.read_steps(table, mask, owner, moved, batch["attention_mask"]), read)
+        padding = hidden.clone()  # what padding holds is never read
+        longer = torch.cat([batch["attention_mask"], torch.zeros(1, 3, dtype=batch["attention_mask"].dtype)], 1)
+        padded = torch.cat([padding, torch.randn(1, 3, hidden.shape[-1])], 1)
+        torch.testing.assert_close(model.read_steps(table, torch.cat([mask, torch.zeros(mask.shape[0], 3)], 1), owner,
+                                                    padded, longer), read)
