@@ -155,8 +155,6 @@ class Specialists(nn.Module):
         """
         owner = batch.get("owner")
         out = {"c1": self.c1(hidden).squeeze(-1)}  # [question, token]
-        # [question, token]: with `owner` the mask is per question already; without, rows are questions
-        per_question_mask = batch["attention_mask"]
         pooled = lambda masks: (masks @ hidden) / masks.sum(-1, keepdim=True).clamp_min(1)  # noqa: E731
         per_row = (lambda x: x) if owner is None else (lambda x: x[owner])  # noqa: E731
         mentions = pooled(batch["mention_mask"])  # [question, mention, d] (training: [batch, ...], one row each)
@@ -174,7 +172,7 @@ class Specialists(nn.Module):
             if self.config.step_reader:
                 rows = owner if owner is not None else torch.arange(steps.shape[0], device=hidden.device)
                 table = self.read_steps(table, batch["step_mask"].flatten(0, 1), rows.repeat_interleave(steps.shape[1]),
-                                        hidden, per_question_mask)
+                                        hidden, batch["attention_mask"])
             index = torch.arange(table.shape[0], device=hidden.device).view(steps.shape[:2])
             inside = torch.einsum("bst,bqt->bsq", batch["step_mask"], per_row(batch["mention_mask"])) > 0
         B, S = index.shape
@@ -240,12 +238,9 @@ class Specialists(nn.Module):
         [step', token] its region, towner [step'] its question (grouped in order), hidden [question, token, d],
         attention_mask [question, token] -> [step', d]. Steps are stacked per question, so each question's keys
         and values are computed once and never copied per step."""
-        U, d = table.shape
         nq, T = hidden.shape[:2]
         H, dh = STEP_HEADS, STEP_READ // STEP_HEADS
-        first = torch.searchsorted(towner, towner)  # [step'] where its question's steps begin
-        local = torch.arange(U, device=table.device) - first  # [step'] its place among them
-        N = int(local.max()) + 1 if U else 1
+        local, N = _places(towner)
         q = table.new_zeros(nq, N, STEP_READ)
         q[towner, local] = self.step_q(table)
         q = q.view(nq, N, H, dh)  # [question, step, head, dh]
@@ -298,6 +293,14 @@ class Specialists(nn.Module):
         return {"specialists": asdict(self.config), "hidden_size": self.encoder.config.hidden_size}
 
 
+def _places(owner):
+    """Where each row sits among its question's rows (owner: [row], grouped by question in order): [row], and
+    the most rows a question has. Rows are stacked per question at these places, [question, place, ...]."""
+    first = torch.searchsorted(owner, owner)  # [row] where its question's rows begin
+    local = torch.arange(len(owner), device=owner.device) - first
+    return local, int(local.max()) + 1 if len(owner) else 1
+
+
 def _step_pointers(query, table, towner, index, owner, questions: int):
     """C3's scores of earlier steps as operands, per distinct step: [batch, step, slot, step].
 
@@ -305,9 +308,7 @@ def _step_pointers(query, table, towner, index, owner, questions: int):
     index: [batch, step] -> step', owner: [batch]. Each question's distinct steps are scored against each
     other once (a few dozen), not every candidate's steps against its own.
     """
-    first = torch.searchsorted(towner, towner)  # [step'] where its question's distinct steps begin
-    local = torch.arange(len(towner), device=towner.device) - first  # [step'] its place among them
-    N = int(local.max()) + 1
+    local, N = _places(towner)
     q = query.new_zeros(questions, N, *query.shape[1:])  # [question, step', slot, d]
     k = table.new_zeros(questions, N, table.shape[-1])  # [question, step', d]
     q[towner, local], k[towner, local] = query, table
@@ -326,10 +327,8 @@ def _pool_rows(masks, hidden, owner=None):
     if owner is None:
         total = masks @ hidden
     else:
-        R, n, T = masks.shape
-        first = torch.searchsorted(owner, owner)  # [row] where its question's rows begin
-        slot = torch.arange(R, device=owner.device) - first  # [row] its place among them
-        N = int(slot.max()) + 1
+        n, T = masks.shape[1:]
+        slot, N = _places(owner)
         stacked = masks.new_zeros(hidden.shape[0], N, n, T)  # [question, slot, n, token]
         stacked[owner, slot] = masks
         total = (stacked.view(hidden.shape[0], N * n, T) @ hidden).view(hidden.shape[0], N, n, -1)[owner, slot]
