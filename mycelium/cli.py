@@ -383,7 +383,11 @@ def train_cmd(run_dir: str = RunOpt,
                                                      "by `mycelium improve`, e.g. RUN/labels/students.jsonl)"),
               out_dir: Optional[str] = typer.Option(None, "--out", help="model folder (default: RUN/models/BACKBONE)"),
               step_reader: bool = typer.Option(False, help="each step reads the whole question (a cross-attention) "
-                                               "before the step heads; off: measured worse on GSM8K dev")):
+                                               "before the step heads; off: measured worse on GSM8K dev"),
+              c3_used: bool = typer.Option(True, "--c3-used/--no-c3-used", help="C3 reads which candidates the "
+                                           "graph's earlier steps read"),
+              any_order: bool = typer.Option(True, "--any-order/--labelled-order", help="C3's loss takes the operands "
+                                             "of a sum or product in any order")):
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
 
@@ -413,7 +417,8 @@ def train_cmd(run_dir: str = RunOpt,
                    f"question (e.g. {contaminated[0]})")
     if constant_uses < 1:
         raise BadInput(f"--constant-uses must be at least 1 (got {constant_uses})")
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=torch_device(device))  # checked before the model loads
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=torch_device(device),
+                      c3_any_order=any_order)  # checked before the model loads
     constants = operand_constants(run, constant_uses)
     n_templates = 0
     if c2_labels == "templates":
@@ -425,7 +430,7 @@ def train_cmd(run_dir: str = RunOpt,
         raise BadInput(f"unknown C2 label set {c2_labels!r}; use ops or templates")
     model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants, c2_labels=c2_labels,
                                                 n_templates=n_templates, encoder_layers=encoder_layers,
-                                                step_reader=step_reader), seed=seed)
+                                                step_reader=step_reader, c3_used=c3_used), seed=seed)
     out = Path(out_dir) if out_dir else run / "models" / model_name(backbone, encoder_layers)
     state = train(model, train_set, dev, cfg, out, heads)
     best = max(state["history"], key=lambda h: h["score"])

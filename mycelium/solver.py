@@ -18,9 +18,10 @@
    graphs reuse clauses in 62% of problems and leave text order in 42%.
 3. The heads C2–C6 run for every step of every candidate of every question
    in the batch in one pass over the shared encoder states.
-4. Every candidate is decoded with a beam, all at once (`decode`): per step
-   the best operand tuples (C3 points at mentions, earlier steps, constants,
-   or "no more operands", each slot given the tuple's picks before it), each
+4. Every candidate is decoded with a beam, all at once (`decode`): step by
+   step, per partial graph the best operand tuples (C3 points at mentions,
+   earlier steps, constants, or "no more operands", each slot given the
+   tuple's picks before it and what the graph's earlier steps read), each
    with C2's operation given those operands;
    C6 picks the answer step and C5 scores the wiring (does step t feed step
    s). Each distinct graph is executed once. Candidates that execute rank
@@ -70,7 +71,7 @@ from .graph import Graph, Op, Operand, Source, Step
 from .numbers import find_quantities
 from .pool import WorkerPool, cores
 from .scorer import Scorer, by_answer, features
-from .specialists import ANSWER_TYPES, MAX_STEPS, MAX_WIDTH, OPS, _char_mask, span_masks
+from .specialists import ANSWER_TYPES, MAX_STEPS, MAX_WIDTH, OPS, _char_mask, span_masks, used_bias
 from .training import load_model
 
 
@@ -266,41 +267,36 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
     return out
 
 
-@torch.no_grad()
-def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int, pair=None) -> list[list[tuple[float, list]]]:
-    """Beam search over the steps of every candidate at once: per row [(log prob, [(op, [cand, ...]) per step])].
-
-    op_logits: [row, step, op] C2 before the operands; op_by_operand: [row,
-    cand, slot, op] what each operand in each slot adds to them (C2 reads the
-    operands); c3_lp: [row, step, slot, cand] over [mentions | steps |
-    constants | another constant | no more]; allowed: [row, step, cand] what
-    a step may point at (its question's mentions, earlier steps, constants);
-    n_steps: [row]; pair: [row, cand, cand] C3's operand-after-operand term
-    (`specialists.c3_given`), or None: each slot's log probabilities are
-    renormalised given the tuple's picks so far, as in training. "No more"
-    may end a step after two operands. Per step the
-    best `beam` operand tuples, each with its best two operations, then a
-    beam over steps; every row and step advances together (tensor ops, no
-    Python loop over candidates).
-    """
-    R, S, K, C = c3_lp.shape
-    end, neg = C - 1, -1e9
-    ar = torch.arange(R)[:, None, None, None]
-    # operand tuples, slot by slot
-    score, idx = c3_lp[:, :, 0].masked_fill(~allowed, neg).topk(min(beam, C), -1)  # [row, step, b]
-    picks = idx[..., None]  # [row, step, b, slot]
-    rows = torch.arange(R)[:, None, None]
-    before = None if pair is None else pair[rows, idx]  # [row, step, b, cand]: the picks' pair terms so far
+def _next_step(op_logits, op_by_operand, c3_lp, allowed, partial, reads, beam: int, pair, used):
+    """One step of `decode` for the rows still decoding: per partial graph its best operand tuples and
+    operations, then the best `beam` partials. op_logits [row, op], op_by_operand [row, cand, slot, op], c3_lp
+    [row, slot, cand], allowed [row, cand], partial [row, partial], reads [row, partial, cand], pair [row, cand,
+    cand] or None, used [cand, slot, 2] or None. Returns the new partials' source partial, operation, tuple
+    [row, partial', slot] and log prob."""
+    R, K, C = c3_lp.shape
+    P, end, neg = partial.shape[1], C - 1, -1e9
+    rows = torch.arange(R)[:, None, None]  # [row, 1, 1]
+    lp_step = c3_lp[:, None].expand(R, P, K, C)  # [row, partial, slot, cand]
+    if used is not None:
+        lp_step = lp_step + used_bias(used, reads)
+    # shifting log probabilities by a constant leaves their softmax alone: renormalise once per slot
+    first = lp_step[:, :, 0] if used is None else torch.log_softmax(lp_step[:, :, 0], -1)
+    ok = allowed[:, None, None]  # [row, 1, 1, cand]
+    score, idx = first.masked_fill(~ok[:, :, 0], neg).topk(min(beam, C), -1)  # [row, partial, b]
+    picks = idx[..., None]  # [row, partial, b, slot]
+    before = None if pair is None else pair[rows, idx]  # [row, partial, b, cand]: the picks' pair terms so far
     done_score, done_picks = [], []
     for slot in range(1, K):
-        lp = c3_lp[:, :, slot, None]  # [row, step, 1, cand]
-        if before is not None:  # shifting log probabilities by a constant leaves their softmax alone
-            lp = torch.log_softmax(lp + before, -1)  # [row, step, b, cand]
+        lp = lp_step[:, :, slot, None]  # [row, partial, 1, cand]
+        if before is not None:
+            lp = torch.log_softmax(lp + before, -1)  # [row, partial, b, cand]
+        elif used is not None:
+            lp = torch.log_softmax(lp, -1)
         if slot >= 2:  # stop here: "no more"
             done_score.append(score + lp[..., end])
             done_picks.append(torch.nn.functional.pad(picks, (0, K - slot), value=-1))
-        used = torch.zeros(*picks.shape[:3], C, dtype=torch.bool).scatter_(3, picks, True)
-        grow = (score[..., None] + lp).masked_fill(~allowed[:, :, None] | used, neg)  # [row, step, b, cand]
+        taken = torch.zeros(*picks.shape[:3], C, dtype=torch.bool).scatter_(3, picks, True)
+        grow = (score[..., None] + lp).masked_fill(~ok | taken, neg)  # [row, partial, b, cand]
         score, j = grow.flatten(2).topk(min(beam, grow[0, 0].numel()), -1)
         src = (j // C)[..., None]
         picks = torch.cat([picks.gather(2, src.expand(-1, -1, -1, picks.shape[-1])), (j % C)[..., None]], -1)
@@ -308,35 +304,75 @@ def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int, pair=No
             before = before.gather(2, src.expand(-1, -1, -1, C)) + pair[rows, j % C]
     done_score.append(score)
     done_picks.append(picks)
-    t_score, j = torch.cat(done_score, 2).topk(min(beam, sum(x.shape[2] for x in done_score)), -1)  # [row, step, b]
-    t_picks = torch.cat(done_picks, 2).gather(2, j[..., None].expand(-1, -1, -1, K))  # [row, step, b, slot]
+    t_score, j = torch.cat(done_score, 2).topk(min(beam, sum(x.shape[2] for x in done_score)), -1)  # [row, partial, b]
+    t_picks = torch.cat(done_picks, 2).gather(2, j[..., None].expand(-1, -1, -1, K))  # [row, partial, b, slot]
     # the operation, given the operands
-    by = op_by_operand[ar, t_picks.clamp_min(0), torch.arange(K)]  # [row, step, b, slot, op]
-    op_lp = torch.log_softmax(op_logits[:, :, None] + (by * (t_picks >= 0)[..., None]).sum(3), -1)  # [row, step, b, op]
     n_ops = min(beam, 2)
-    o_score, o_idx = op_lp.topk(n_ops, -1)  # [row, step, b, n_ops]
-    opt_score = (t_score[..., None] + o_score).flatten(2)  # [row, step, option]
-    # the beam over steps; rows with fewer steps carry their partials through the padding
-    P = opt_score.shape[2]
-    keep_first = torch.full((P,), neg)
-    keep_first[0] = 0.0
-    partial, back = torch.zeros(R, 1), []
+    by = op_by_operand[rows[..., None], t_picks.clamp_min(0), torch.arange(K)]  # [row, partial, b, slot, op]
+    op_lp = torch.log_softmax(op_logits[:, None, None] + (by * (t_picks >= 0)[..., None]).sum(3), -1)
+    o_score, o_idx = op_lp.topk(n_ops, -1)  # [row, partial, b, n_ops]
+    option = (t_score[..., None] + o_score).flatten(2)  # [row, partial, option]
+    O = option.shape[2]
+    scores, j = (partial[:, :, None] + option).flatten(1).topk(min(beam, P * O), -1)  # [row, partial']
+    src, opt = j // O, j % O
+    rows = rows[:, :, 0]  # [row, 1]
+    return src, o_idx.flatten(2)[rows, src, opt], t_picks[rows, src, opt // n_ops], scores
+
+
+@torch.no_grad()
+def decode(op_logits, op_by_operand, c3_lp, allowed, n_steps, beam: int, pair=None, used=None
+           ) -> list[list[tuple[float, list]]]:
+    """Beam search over the steps of every candidate at once: per row [(log prob, [(op, [cand, ...]) per step])].
+
+    op_logits: [row, step, op] C2 before the operands; op_by_operand: [row,
+    cand, slot, op] what each operand in each slot adds to them (C2 reads the
+    operands); c3_lp: [row, step, slot, cand] over [mentions | steps |
+    constants | another constant | no more]; allowed: [row, step, cand] what
+    a step may point at (its question's mentions, earlier steps, constants);
+    n_steps: [row]; pair: [row, cand, cand] C3's operand-after-operand term,
+    and used: [cand, slot, 2] its term for what the graph's earlier steps read
+    (`specialists.c3_given`), or None: each slot's log probabilities are
+    renormalised given the partial graph so far, as in training.
+
+    Steps are decoded in order, every row and every partial graph together
+    (tensor ops, no Python loop over candidates): per partial graph the best
+    `beam` operand tuples for the next step, slot by slot ("no more" may end a
+    tuple after two operands), each with its best two operations; then the
+    best `beam` partial graphs go on. Rows with fewer steps carry their
+    partials through the padding.
+    """
+    R, S, K, C = c3_lp.shape
+    end, neg = C - 1, -1e9
+    partial = torch.zeros(R, 1, dtype=c3_lp.dtype)  # [row, partial] log prob
+    reads = torch.zeros(R, 1, C, dtype=c3_lp.dtype)  # [row, partial, cand] how often the partial's steps read each candidate
+    history = []  # per step: (source partial, operation, operand tuple) of each new partial
     for s in range(S):
-        step = torch.where((s >= n_steps)[:, None], keep_first, opt_score[:, s])  # [row, option]
-        total = (partial[:, :, None] + step[:, None]).flatten(1)  # [row, partial x option]
-        partial, j = total.topk(min(beam, total.shape[1]), -1)
-        back.append((j // P, j % P))
-    chosen, cur = [], torch.arange(partial.shape[1]).expand(R, -1)
-    for src, opt in reversed(back):
-        chosen.append(opt.gather(1, cur))
+        live = (n_steps > s).nonzero()[:, 0]  # rows past their steps keep their partials as they are
+        if not len(live):
+            break
+        src, op, tup, scores = _next_step(op_logits[live, s], op_by_operand[live], c3_lp[live, s], allowed[live, s],
+                                          partial[live], reads[live], beam, None if pair is None else pair[live], used)
+        P, N = partial.shape[1], scores.shape[1]
+        kept = torch.arange(N).clamp(max=P - 1).expand(R, N).clone()  # [row, partial']
+        kept[live] = src
+        partial = torch.cat([partial, partial.new_full((R, max(N - P, 0)), neg)], 1)[:, :N]
+        partial[live] = scores
+        reads = reads.gather(1, kept[..., None].expand(-1, -1, C))
+        read = ((tup >= 0) & (tup != end)).to(reads.dtype)
+        reads[live] = reads[live].scatter_add_(2, tup.clamp_min(0), read)
+        ops, tups = torch.zeros(R, N, dtype=torch.long), torch.full((R, N, K), -1)
+        ops[live], tups[live] = op, tup
+        history.append((kept, ops, tups))
+    chosen_ops, chosen_tups, cur = [], [], torch.arange(partial.shape[1]).expand(R, -1)
+    for src, op, tup in reversed(history):
+        chosen_ops.append(op.gather(1, cur))
+        chosen_tups.append(tup.gather(1, cur[..., None].expand(-1, -1, K)))
         cur = src.gather(1, cur)
-    chosen = torch.stack(chosen[::-1], -1)  # [row, partial, step] option per step
-    ops = o_idx.flatten(2).gather(2, chosen.transpose(1, 2)).transpose(1, 2)  # [row, partial, step]
-    tup = t_picks.gather(2, (chosen // n_ops).transpose(1, 2)[..., None].expand(-1, -1, -1, K)).transpose(1, 2)
+    ops = torch.stack(chosen_ops[::-1], -1).numpy()  # [row, partial, step]
+    tups = torch.stack(chosen_tups[::-1], 2).numpy()  # [row, partial, step, slot]
     out = []
-    ops, tup = ops.numpy(), tup.numpy()
     for r, (scores, n) in enumerate(zip(partial.tolist(), n_steps.tolist())):
-        op_rows, pick_rows = ops[r, :, :n].tolist(), tup[r, :, :n].tolist()  # a row's own steps: most rows have few
+        op_rows, pick_rows = ops[r, :, :n].tolist(), tups[r, :, :n].tolist()  # a row's own steps: most rows have few
         out.append([(sc, [(o, [c for c in p if c >= 0]) for o, p in zip(op_rows[b], pick_rows[b])])
                     for b, sc in enumerate(scores) if sc > neg / 2])
     return out
@@ -684,7 +720,7 @@ class Solver:
         allowed = batch["cand_mask"].clone()  # [row, step, cand]
         allowed[..., -2:] = False  # "another constant" has no value; "no more" is decoded apart
         decoded = decode(heads["c2"], heads["c2_operand"], torch.log_softmax(heads["c3"], -1), allowed,
-                         batch["n_steps"], self.config.beam, heads.get("c3_pair"))
+                         batch["n_steps"], self.config.beam, heads.get("c3_pair"), heads.get("c3_used"))
         goal_logits = heads["c6_goal"].numpy()  # [cand, step]
         edge_lp = torch.nn.functional.logsigmoid(heads["c5"]).numpy()  # [cand, earlier, later]: log p(edge)
         no_edge_lp = torch.nn.functional.logsigmoid(-heads["c5"]).numpy()

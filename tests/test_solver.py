@@ -1,6 +1,7 @@
 """The solver: beam decoding, answers on real problems from a small trained model, gold independence, bad input."""
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -115,6 +116,36 @@ def test_decode_reads_the_operands_picked_before_each_slot():
     expected = c3[0, 0, 0, 1] + given[0] + torch.log_softmax(logits[0, 0, 2] + pair[0, 1] + pair[0, 0], -1)[n - 1]
     op = torch.log_softmax(op_logits[0, 0], -1).max()
     assert paired[0][0][0] == pytest.approx(float(expected + op), abs=1e-5)
+
+
+def test_decode_reads_what_the_graphs_earlier_steps_read():
+    """C3's used term: each partial graph's next step is scored given the candidates its earlier steps read."""
+    Q, S, C = 3, 2, 1  # candidates: q0 q1 q2 | s0 s1 | c0 | other | end
+    n = Q + S + C + 2
+    op_logits = torch.zeros(1, S, 5)
+    by_operand = torch.zeros(1, n, 4, 5)
+    logits = torch.full((1, S, 4, n), -4.0)
+    logits[0, 0, 0, 0], logits[0, 0, 1, 1] = 3.0, 3.0  # step 0: q0, q1
+    logits[0, 1, 0, 0], logits[0, 1, 0, 2] = 3.0, 2.0  # step 1, slot 0: q0, else q2
+    logits[0, 1, 1, Q] = 3.0  # then s0
+    logits[0, :, 2:, n - 1] = 5.0
+    c3 = torch.log_softmax(logits, -1)
+    allowed = torch.zeros(1, S, n, dtype=torch.bool)
+    allowed[0, :, :Q] = True
+    allowed[0, 1, Q] = True
+    two = torch.tensor([2])
+    alone = decode(op_logits, by_operand, c3, allowed, two, beam=2)
+    assert [picks for _, picks in alone[0][0][1]] == [[0, 1], [0, Q]]
+    used = torch.zeros(n, 4, 2)  # [cand, slot, read once / twice before]
+    assert decode(op_logits, by_operand, c3, allowed, two, beam=2, used=used) == alone
+    used[:Q, :, 0] = -5.0  # a mention read before is seldom read again
+    again = decode(op_logits, by_operand, c3, allowed, two, beam=2, used=used)
+    assert [picks for _, picks in again[0][0][1]] == [[0, 1], [2, Q]]
+    reads = torch.tensor([1.0, 1.0, 0, 0, 0, 0, 0, 0])  # step 0 read q0 and q1
+    step1 = torch.log_softmax(logits[0, 1] + (reads > 0).float()[None] * used[:, :, 0].T, -1)  # [slot, cand]
+    expected = sum(c3[0, 0, k, c] for k, c in enumerate([0, 1, n - 1])) + step1[0, 2] + step1[1, Q] + step1[2, n - 1]
+    op = 2 * torch.log_softmax(op_logits[0, 0], -1).max()
+    assert again[0][0][0] == pytest.approx(float(expected + op), abs=1e-5)
 
 
 def test_the_plan_beam_scores_a_plan_as_training_does():
@@ -321,13 +352,15 @@ def test_bad_input_gets_a_reason_never_a_crash(solver):
         solver.solve("   ")
 
 
-def _rounded(x):
-    """A JSON value with its floats to 5 significant digits."""
-    if isinstance(x, float):
-        return float(f"{x:.5g}")
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    return [_rounded(v) for v in x] if isinstance(x, list) else x
+def _close(x, y) -> bool:
+    """Two JSON values alike, their floats to a relative 1e-5 (rounding both to 5 digits flips at a boundary)."""
+    if isinstance(x, float) and isinstance(y, float):
+        return math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-9)
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_close(u, v) for u, v in zip(x, y))
+    return x == y
 
 
 def test_solve_cli(model_dir, tmp_path):
@@ -360,7 +393,7 @@ def test_solve_cli(model_dir, tmp_path):
     assert again.returncode == 0 and "resuming: 1 of 3" in again.stderr
     # The same file as one uninterrupted run: the same answers and graphs; the resumed run's batches hold other
     # questions, which may move a candidate's score by a float's last bits (the heads pad to the batch's longest).
-    assert [_rounded(json.loads(x)) for x in out.read_text().splitlines()] == [_rounded(json.loads(x)) for x in answers]
+    assert _close([json.loads(x) for x in out.read_text().splitlines()], [json.loads(x) for x in answers])
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"question": "Cy has 7 pens and gives away 2. How many are left?"}) + "\n")
     before = out.read_text()

@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch
 
-from mycelium.specialists import SpecialistConfig, Specialists, c3_given, encode, losses
+from mycelium.specialists import (OPS, SpecialistConfig, Specialists, c3_any_order_loss, c3_given, encode, losses,
+                                  op_logits, reads_before)
+from mycelium.errors import BadInput
 from mycelium.training import TrainConfig, evaluate, load_model, save_model, step_operands_right, train
 
 EXAMPLE = {
@@ -88,8 +90,8 @@ def test_encode_targets(fresh):
 def test_heads_read_each_question_once_for_many_candidates(fresh):
     """The solver's layout (rows per candidate, states per question, `owner`) gives the heads of copied states."""
     model = Specialists.create(SpecialistConfig(constants=["1/100", "365"], step_reader=True), seed=0)
-    for p in (model.c3_pair_next.weight, model.step_o.weight, model.step_k_in, model.step_v_in):
-        torch.nn.init.normal_(p, std=0.05)  # a new model's pair term and step reader add zero: make them count
+    for p in (model.c3_pair_next.weight, model.step_o.weight, model.step_k_in, model.step_v_in, model.c3_used):
+        torch.nn.init.normal_(p, std=0.05)  # a new model's pair term, step reader and used term add zero: make them count
     batch = encode(model, [EXAMPLE, SECOND])
     with torch.no_grad():
         hidden = model.read(batch["input_ids"], batch["attention_mask"])  # [question, token, d]
@@ -117,7 +119,7 @@ def test_heads_read_each_question_once_for_many_candidates(fresh):
                                       "step_table": table, "step_index": index})
     for theirs, ours in ((copied, shared), (copied_again, tabled)):
         assert ours["c3_pair"].abs().max() > 0
-        for k in ("c2", "c2_operand", "c3", "c3_pair", "c4", "c6_goal", "c6_type"):
+        for k in ("c2", "c2_operand", "c3", "c3_pair", "c3_used", "c4", "c6_goal", "c6_type"):
             torch.testing.assert_close(ours[k], theirs[k])
         torch.testing.assert_close(ours["c1"][owner], theirs["c1"])
         for r, n in enumerate(n_steps.tolist()):  # C5 is computed for the pairs the solver reads: earlier -> later steps
@@ -155,23 +157,81 @@ def test_c3_reads_the_operands_picked_before_each_slot():
     assert c3_given({"c3": c3}, picks) is c3  # a model without the term
 
 
+def test_c3_reads_what_the_earlier_steps_read():
+    """Each step adds the used term for the candidates its earlier steps read: once, or twice and more."""
+    picks = torch.tensor([[[0, 1, 4], [0, 2, 4], [3, 0, 4]]])  # [batch, step, slot]; candidate 4 is "no more"
+    reads = reads_before(picks, 5)  # [batch, step, cand]
+    assert reads[0].tolist() == [[0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [2, 1, 1, 0, 0]]
+    g = torch.Generator().manual_seed(0)
+    c3, table = torch.randn(1, 3, 3, 5, generator=g), torch.randn(5, 3, 2, generator=g)  # table: [cand, slot, 2]
+    given = c3_given({"c3": c3, "c3_used": table}, picks)
+    torch.testing.assert_close(given[0, 0], c3[0, 0])  # the first step reads nothing before it
+    torch.testing.assert_close(given[0, 1, 2, 1], c3[0, 1, 2, 1] + table[1, 2, 0])
+    torch.testing.assert_close(given[0, 2, 0, 0], c3[0, 2, 0, 0] + table[0, 0, 0] + table[0, 0, 1])  # read twice
+    torch.testing.assert_close(given[0, 2, 1, 3], c3[0, 2, 1, 3])  # step 3's own pick is not "before"
+
+
+def test_c3_takes_a_sums_operands_in_any_order():
+    """For add and mul the loss is -log(p(a, b) + p(b, a)); for sub the labelled order alone, as cross-entropy."""
+    g = torch.Generator().manual_seed(0)
+    out = {"c3": torch.randn(1, 2, 3, 5, generator=g)}  # [batch, step, slot, cand]: 4 is "no more"
+    y = torch.tensor([[[0, 2, 4], [1, 3, 4]]])
+    lp = torch.log_softmax(out["c3"], -1)
+    ordered = torch.nn.functional.cross_entropy(out["c3"].flatten(0, 2), y.flatten())
+    sub = torch.tensor([[OPS.index("sub"), OPS.index("div")]])
+    torch.testing.assert_close(c3_any_order_loss(out, y, sub), ordered)
+    add = torch.tensor([[OPS.index("add"), OPS.index("sub")]])
+    first = torch.logaddexp(lp[0, 0, 0, 0] + lp[0, 0, 1, 2], lp[0, 0, 0, 2] + lp[0, 0, 1, 0]) + lp[0, 0, 2, 4]
+    second = lp[0, 1, 0, 1] + lp[0, 1, 1, 3] + lp[0, 1, 2, 4]
+    torch.testing.assert_close(c3_any_order_loss(out, y, add), -(first + second) / 6)
+    assert c3_any_order_loss(out, y, add) < ordered
+
+
+def test_c2_learns_a_sums_operation_from_its_operands_in_either_order(fresh):
+    """With any_order, C2's loss on an add or mul step averages its operands' labelled and swapped orders."""
+    model = fresh()
+    batch = encode(model, [EXAMPLE])  # div(48, 2), then add(48, s0)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.c2_operand.weight, std=0.5)  # operands that say something about the operation
+        out = model(batch)
+    y = batch["targets"]
+    ce = torch.nn.functional.cross_entropy
+    plain = losses(out, batch, ("c2",))["c2"]
+    swapped = y["c3"].clone()
+    swapped[0, 1, :2] = y["c3"][0, 1, [1, 0]]  # the add step's two operands swapped; the div step as labelled
+    either = ce(op_logits(out, swapped).flatten(0, 1), y["c2"].flatten(), ignore_index=-100)
+    torch.testing.assert_close(losses(out, batch, ("c2",), any_order=True)["c2"], (plain + either) / 2)
+    assert not torch.isclose(plain, either)
+
+
 def test_new_terms_start_at_zero_and_old_models_load_without_them(fresh, tmp_path):
     model = fresh()
     batch = encode(model, [EXAMPLE, SECOND])
     with torch.no_grad():
         out = model(batch)
     assert out["c3_pair"].shape == (2, out["c3"].shape[-1], out["c3"].shape[-1])
-    assert torch.equal(c3_given(out, batch["targets"]["c3"]), out["c3"])  # V starts at zero: the old pointer
-    old = Specialists.create(SpecialistConfig(constants=["1/100", "365"], c3_pairs=False, step_reader=False), seed=0)
+    assert out["c3_used"].shape == (out["c3"].shape[-1], 4, 2)
+    assert torch.equal(c3_given(out, batch["targets"]["c3"]), out["c3"])  # V and the used term start at zero
+    old = Specialists.create(SpecialistConfig(constants=["1/100", "365"], c3_pairs=False, step_reader=False,
+                                              c3_used=False), seed=0)
     save_model(old, tmp_path, {})
     cfg = json.loads((tmp_path / "config.json").read_text())
-    del cfg["specialists"]["c3_pairs"], cfg["specialists"]["step_reader"]  # as a model saved before the options
+    for option in ("c3_pairs", "step_reader", "c3_used"):  # as a model saved before the options
+        del cfg["specialists"][option]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     loaded = load_model(tmp_path)
     assert not loaded.config.c3_pairs and not hasattr(loaded, "c3_pair_prev")
     assert not loaded.config.step_reader and not hasattr(loaded, "step_q")
+    assert not loaded.config.c3_used and not hasattr(loaded, "c3_used")
+    cfg["specialists"]["an_option_of_another_version"] = False  # switched off, it changes nothing
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert not load_model(tmp_path).config.c3_used
+    cfg["specialists"]["an_option_of_another_version"] = True
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BadInput, match="an_option_of_another_version"):
+        load_model(tmp_path)
     with torch.no_grad():
-        assert "c3_pair" not in loaded(batch)
+        assert "c3_pair" not in loaded(batch) and "c3_used" not in loaded(batch)
 
 
 def test_step_operands_decode_each_slot_given_the_picks_before_it():
