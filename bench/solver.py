@@ -2,15 +2,18 @@
 
     $ python bench/solver.py --model runs/main/models/minilm --cot-limit 8 --stages 640
     system                                   problems   problems/s  accuracy  s/problem
-    solver minilm (6 layers, 16 plans)           1319       100.87     14.8%     0.0099
-    teacher CoT (smollm2, greedy)                   8         0.25      0.0%     4.0350
-    solver minilm (6 layers, 16 plans) / CoT throughput ratio: 407×   (same first 8 problems: solver 0.0%, CoT 0.0%)
+    solver minilm (6 layers, 16 plans)           1319       117.41     15.5%     0.0085
+    teacher CoT (smollm2, greedy)                   8         0.39      0.0%     2.5918
+    solver minilm (6 layers, 16 plans) / CoT throughput ratio: 304×   (same first 8 problems: solver 0.0%, CoT 0.0%)
     ...
     ms per problem on one core (first 640, batches of 64, no pipeline)
     system                                   before encoder  encoder   after   total
-    solver minilm (6 layers, 16 plans)                  3.0      5.7     6.6    15.3
+    solver minilm (6 layers, 16 plans)                  2.9      6.0     6.6    15.5
 
-Stop 29's model (C3 reads its earlier picks) on the same machine as stop 28's 103.4 problems/s (13.0%).
+Stop 30's model (C3 reads what the graph's earlier steps read; `decode` step by step). The machine's speed
+wanders by 10-20% between runs: stop 29's model, benched right after on the same code, gave 93.2 problems/s
+(18.6 ms on one core), where stop 29 had measured 100.9 (15.3 ms), on the same machine as stop 28's 103.4
+problems/s (13.0%).
 
 The whole of GSM8K test on stop 28's 2-core AMD EPYC with AVX-512 bfloat16, where `--encoder-dtype auto`
 takes bfloat16 (the batch-invariance probe holds there). The same model and machine before stop 28's two
