@@ -483,14 +483,20 @@ def used_bias(table: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...cf,ckf->...kc", seen, table)
 
 
+def c3_after_reads(out: dict, picks: torch.Tensor) -> torch.Tensor:
+    """C3's logits plus what each step's earlier steps read (`used_bias`), picks: [batch, step, slot]; a model
+    without the used term: its logits as they are."""
+    if "c3_used" not in out:
+        return out["c3"]
+    return out["c3"] + used_bias(out["c3_used"], reads_before(picks, out["c3"].shape[-1]))
+
+
 def c3_given(out: dict, picks: torch.Tensor) -> torch.Tensor:
     """C3's logits per slot given the graph so far; picks: [batch, step, slot] candidates, < 0 for none.
 
     Slot k adds pair[p, :] for every pick p in an earlier slot of its step (the pair term), and every step adds
-    what the earlier steps' picks say (`used_bias`). A model without these terms: C3's logits as they are."""
-    logits = out["c3"]
-    if "c3_used" in out:
-        logits = logits + used_bias(out["c3_used"], reads_before(picks, logits.shape[-1]))
+    what the earlier steps' picks say (`c3_after_reads`). A model without these terms: C3's logits as they are."""
+    logits = c3_after_reads(out, picks)
     if "c3_pair" not in out:
         return logits
     pair = out["c3_pair"]  # [batch, cand, cand]
@@ -515,10 +521,12 @@ def c3_any_order_loss(out: dict, y: torch.Tensor, y_c2: torch.Tensor) -> torch.T
     slots = torch.arange(K, device=y.device)
     last_moved = torch.where(orders != slots, slots, -1).max(-1).values  # [order]: -1 for the labelled order
     ok = (last_moved < n_ops[..., None]) & (unordered[..., None] | (last_moved < 0))  # [batch, step, order]
+    # a step's own order leaves what its earlier steps read alone: that term once, the pair term per order
+    read = {k: v for k, v in out.items() if k != "c3_used"} | {"c3": c3_after_reads(out, y)}
     per_order = []
     for k in ok.flatten(0, 1).any(0).nonzero()[:, 0].tolist():  # orders some step may take
         yk = y[..., orders[k]]
-        lp = torch.log_softmax(c3_given(out, yk), -1).gather(-1, yk.clamp_min(0)[..., None])[..., 0]  # [batch, step, slot]
+        lp = torch.log_softmax(c3_given(read, yk), -1).gather(-1, yk.clamp_min(0)[..., None])[..., 0]  # [batch, step, slot]
         per_order.append((lp * (yk >= 0)).sum(-1).masked_fill(~ok[..., k], -1e9))
     labelled = (y >= 0).any(-1)  # [batch, step]
     return -torch.logsumexp(torch.stack(per_order, -1), -1)[labelled].sum() / (y >= 0).sum()

@@ -23,8 +23,8 @@ import torch
 
 from .config import torch_device
 from .errors import BadInput
-from .specialists import (HEADS, OPS, SpecialistConfig, Specialists, c3_given, encode, labelled_plan, losses, op_logits,
-                          reads_before, used_bias)
+from .specialists import (HEADS, OPS, SpecialistConfig, Specialists, c3_after_reads, c3_given, encode, labelled_plan,
+                          losses, op_logits)
 from .store import atomic_write
 
 
@@ -121,8 +121,7 @@ def evaluate(model: Specialists, examples: list[dict], batch_size: int = 32, pla
         ok = (y["c3"] >= 0) & (y["c3"] != end)
         c["c3"] += int((forced.argmax(-1)[ok] == y["c3"][ok]).sum()); c["n3"] += int(ok.sum())
         # each step given the labelled earlier steps' reads, as the solver's beam gives it its own
-        c3 = out["c3"] if "c3_used" not in out else out["c3"] + used_bias(out["c3_used"], reads_before(y["c3"], out["c3"].shape[-1]))
-        right, n = step_operands_right(c3, y["c3"], y["c2"], commutative=model.config.c2_labels == "ops",
+        right, n = step_operands_right(c3_after_reads(out, y["c3"]), y["c3"], y["c2"], commutative=model.config.c2_labels == "ops",
                                        pair=out.get("c3_pair"))
         c["c3s"] += right; c["n3s"] += n
         ok = y["c3"] >= 0
