@@ -387,7 +387,9 @@ def train_cmd(run_dir: str = RunOpt,
               c3_used: bool = typer.Option(True, "--c3-used/--no-c3-used", help="C3 reads which candidates the "
                                            "graph's earlier steps read"),
               any_order: bool = typer.Option(True, "--any-order/--labelled-order", help="C3's loss takes the operands "
-                                             "of a sum or product in any order")):
+                                             "of a sum or product in any order"),
+              ema: float = typer.Option(0.999, help="dev, early stopping and the saved model use a moving average "
+                                        "of the weights with this decay per step; 0: the last step's weights")):
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
 
@@ -418,7 +420,7 @@ def train_cmd(run_dir: str = RunOpt,
     if constant_uses < 1:
         raise BadInput(f"--constant-uses must be at least 1 (got {constant_uses})")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=torch_device(device),
-                      c3_any_order=any_order)  # checked before the model loads
+                      c3_any_order=any_order, ema=ema)  # checked before the model loads
     constants = operand_constants(run, constant_uses)
     n_templates = 0
     if c2_labels == "templates":

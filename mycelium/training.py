@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -39,11 +40,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"  # or cuda: the loop is the same, batches follow the model
     c3_any_order: bool = True  # C3's loss takes a sum's or product's operands in any order (`c3_any_order_loss`)
+    # Dev metrics, early stopping and the saved model read an exponential moving average of the weights
+    # (`WeightAverage`), not the last step's; 0: the last step's. 0.999 averages about the last two epochs.
+    ema: float = 0.999
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise BadInput(f"epochs, batch size and patience must be at least 1 (got {self.epochs}, {self.batch_size}, "
                            f"{self.patience})")
+        if not 0 <= self.ema < 1:
+            raise BadInput(f"the weight average's decay must be in [0, 1) (got {self.ema})")
         if not (self.lr > 0 and self.head_lr > 0):
             raise BadInput(f"learning rates must be above 0 (got {self.lr}, {self.head_lr})")
 
@@ -202,10 +208,46 @@ def _batches(examples: list[dict], size: int, seed: int, pool: int = 50) -> list
     return [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
 
 
-def _save_checkpoint(path: Path, model, opt, state: dict) -> None:
+class WeightAverage:
+    """An exponential moving average of the model's floating-point weights, updated after every step.
+
+    With a constant learning rate the last step's weights wander around the optimum from batch to batch;
+    their average sits nearer it. Measured first by hand on stop 31's run continued for two more epochs:
+    the mean of the weights after epochs 8, 9 and 10 put GSM8K dev at 19.5% (5 scorer seeds, mean) against
+    18.9% for epoch 8 alone, though epochs 9 and 10 alone were each worse on dev than 8 (README, stop 32).
+    The decay warms up, (1 + n) / (10 + n) after n steps, so the first steps' random heads fade quickly.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, steps: int = 0):
+        self.decay, self.steps = decay, steps
+        self.names = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        live = model.state_dict()
+        self.shadow = {k: live[k].detach().clone() for k in self.names}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        live = model.state_dict()
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_([self.shadow[k] for k in self.names], [live[k].detach() for k in self.names], 1 - d)
+        self.steps += 1
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module):
+        """The model with the averaged weights inside the block, its own weights back after it."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.shadow}
+        model.load_state_dict(self.shadow, strict=False)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(own, strict=False)
+
+
+def _save_checkpoint(path: Path, model, opt, state: dict, average: WeightAverage | None = None) -> None:
     from safetensors.torch import save
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors |= {f"ema.{k}": v.cpu().contiguous() for k, v in average.shadow.items()}
     osd = opt.state_dict()
     for idx, st in osd["state"].items():
         for k, v in st.items():
@@ -215,9 +257,9 @@ def _save_checkpoint(path: Path, model, opt, state: dict) -> None:
     atomic_write(path, save(tensors, metadata=meta))
 
 
-def _load_checkpoint(path: Path, model, opt, fingerprint: dict) -> dict | None:
-    """The loop's saved state, with weights and optimizer moments restored; None when the checkpoint is from
-    another run (other settings, data or model code): that run is not resumed but started over."""
+def _load_checkpoint(path: Path, model, opt, fingerprint: dict, average: WeightAverage | None = None) -> dict | None:
+    """The loop's saved state, with weights, optimizer moments and the weight average restored; None when the
+    checkpoint is from another run (other settings, data or model code): that run is not resumed but started over."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -236,6 +278,9 @@ def _load_checkpoint(path: Path, model, opt, fingerprint: dict) -> dict | None:
                 moments.setdefault(int(idx), {})[name] = f.get_tensor(k)
         opt.load_state_dict({"state": moments, "param_groups": json.loads(meta["param_groups"])})
         torch.set_rng_state(f.get_tensor("rng"))
+        if average is not None:
+            average.shadow = {k: f.get_tensor(f"ema.{k}").to(average.shadow[k]) for k in average.names}
+            average.steps = state.get("steps", 0)
     return state
 
 
@@ -277,9 +322,10 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
     # Epochs and patience only say when to stop: raising them continues a run rather than restarting it.
     same_run = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "patience", "device")}
     fingerprint = {"train": same_run, "heads": list(heads), "n_train": len(train_set), "model": model.config_dict()}
-    state = {"epoch": 0, "best": -1.0, "stale": 0, "history": [], "fingerprint": fingerprint}
+    state = {"epoch": 0, "steps": 0, "best": -1.0, "stale": 0, "history": [], "fingerprint": fingerprint}
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
     if ckpt.exists():
-        saved = _load_checkpoint(ckpt, model, opt, fingerprint)
+        saved = _load_checkpoint(ckpt, model, opt, fingerprint, average)
         if saved is None:
             print(f"{ckpt} is from another run (settings, data or model code): starting over", file=sys.stderr)
         else:
@@ -297,20 +343,25 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            state["steps"] += 1
+            if average is not None:
+                average.update(model)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        metrics = evaluate(model, dev_set)
-        score = _score(metrics, heads)
+        with average.applied(model) if average is not None else nullcontext():  # dev and the saved model: the average
+            metrics = evaluate(model, dev_set)
+            score = _score(metrics, heads)
+            if score > state["best"]:
+                save_model(model, out, {"dev_metrics": metrics, "epoch": state["epoch"] + 1, "heads": list(heads),
+                                        "training": {**{k: v for k, v in asdict(cfg).items() if k != "device"},
+                                                     "n_train": len(train_set), "n_dev": len(dev_set)}})
         state["history"].append({"epoch": state["epoch"] + 1, "score": score, "seconds": time.monotonic() - t0, **metrics})
         if progress:
             tqdm.write(f"epoch {state['epoch'] + 1} dev: " + "  ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("c")))
         if score > state["best"]:
             state["best"], state["stale"] = score, 0
-            save_model(model, out, {"dev_metrics": metrics, "epoch": state["epoch"] + 1, "heads": list(heads),
-                                    "training": {**{k: v for k, v in asdict(cfg).items() if k != "device"},
-                                                 "n_train": len(train_set), "n_dev": len(dev_set)}})
         else:
             state["stale"] += 1
         state["epoch"] += 1
-        _save_checkpoint(ckpt, model, opt, state)
+        _save_checkpoint(ckpt, model, opt, state, average)
     return state

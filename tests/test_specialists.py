@@ -12,7 +12,8 @@ import torch
 from mycelium.specialists import (OPS, SpecialistConfig, Specialists, c3_any_order_loss, c3_given, encode, losses,
                                   op_logits, reads_before)
 from mycelium.errors import BadInput
-from mycelium.training import TrainConfig, evaluate, load_model, save_model, step_operands_right, train
+from mycelium.training import (TrainConfig, WeightAverage, evaluate, load_model, save_model, step_operands_right,
+                               train)
 
 EXAMPLE = {
     "id": "gsm8k/train/0",
@@ -327,6 +328,42 @@ def test_resume_after_kill(tmp_path):
         state = json.loads(f.metadata()["state"])
     assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_the_weight_average_trails_the_weights_and_swaps_in_and_out():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))  # BatchNorm: an integer buffer too
+    start = net[0].weight.detach().clone()
+    avg = WeightAverage(net, decay=0.9)
+    with torch.no_grad():
+        for _ in range(50):
+            net[0].weight.add_(1.0)  # the weights walk away one step at a time
+            avg.update(net)
+    now = net[0].weight.detach().clone()
+    shadow = avg.shadow["0.weight"]
+    # behind the walk by about decay / (1 - decay) steps, the decay still warming up to 0.9: 5 steps here
+    assert torch.all(shadow > start + 40) and torch.all(shadow < now - 3)
+    assert "1.num_batches_tracked" not in avg.shadow and avg.steps == 50
+    with avg.applied(net):
+        assert torch.equal(net[0].weight, shadow)
+    assert torch.equal(net[0].weight, now)
+    with pytest.raises(BadInput):
+        TrainConfig(ema=1.0)
+
+
+def test_the_weight_average_is_what_training_saves_and_resumes(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    m = Specialists.create(SpecialistConfig(constants=["1/100"]))
+    train(m, [EXAMPLE, SECOND] * 2, [EXAMPLE], TrainConfig(epochs=1, batch_size=2, patience=9, ema=0.5), tmp_path,
+          progress=False)
+    saved, ckpt = load_file(str(tmp_path / "model.safetensors")), load_file(str(tmp_path / "checkpoint.safetensors"))
+    key = "c2.weight"
+    assert torch.equal(saved[key], ckpt[f"ema.{key}"]) and not torch.equal(saved[key], ckpt[f"model.{key}"])
+    state = train(m, [EXAMPLE, SECOND] * 2, [EXAMPLE], TrainConfig(epochs=2, batch_size=2, patience=9, ema=0.5), tmp_path,
+                  progress=False)
+    assert [h["epoch"] for h in state["history"]] == [1, 2] and state["steps"] == 4  # resumed, average included
 
 
 def test_a_checkpoint_from_another_model_starts_over(tmp_path, capsys):
