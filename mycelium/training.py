@@ -218,18 +218,18 @@ class WeightAverage:
     The decay warms up, (1 + n) / (10 + n) after n steps, so the first steps' random heads fade quickly.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float, steps: int = 0):
-        self.decay, self.steps = decay, steps
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
         self.names = [k for k, v in model.state_dict().items() if v.is_floating_point()]
         live = model.state_dict()
         self.shadow = {k: live[k].detach().clone() for k in self.names}
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, steps: int) -> None:
+        """Fold in the weights after `steps` optimizer steps before this one."""
         live = model.state_dict()
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        d = min(self.decay, (1 + steps) / (10 + steps))
         torch._foreach_lerp_([self.shadow[k] for k in self.names], [live[k].detach() for k in self.names], 1 - d)
-        self.steps += 1
 
     @contextmanager
     def applied(self, model: torch.nn.Module):
@@ -280,7 +280,6 @@ def _load_checkpoint(path: Path, model, opt, fingerprint: dict, average: WeightA
         torch.set_rng_state(f.get_tensor("rng"))
         if average is not None:
             average.shadow = {k: f.get_tensor(f"ema.{k}").to(average.shadow[k]) for k in average.names}
-            average.steps = state.get("steps", 0)
     return state
 
 
@@ -343,25 +342,24 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            state["steps"] += 1
             if average is not None:
-                average.update(model)
+                average.update(model, state["steps"])
+            state["steps"] += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
         with average.applied(model) if average is not None else nullcontext():  # dev and the saved model: the average
             metrics = evaluate(model, dev_set)
             score = _score(metrics, heads)
             if score > state["best"]:
+                state["best"], state["stale"] = score, 0
                 save_model(model, out, {"dev_metrics": metrics, "epoch": state["epoch"] + 1, "heads": list(heads),
                                         "training": {**{k: v for k, v in asdict(cfg).items() if k != "device"},
                                                      "n_train": len(train_set), "n_dev": len(dev_set)}})
+            else:
+                state["stale"] += 1
         state["history"].append({"epoch": state["epoch"] + 1, "score": score, "seconds": time.monotonic() - t0, **metrics})
         if progress:
             tqdm.write(f"epoch {state['epoch'] + 1} dev: " + "  ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("c")))
-        if score > state["best"]:
-            state["best"], state["stale"] = score, 0
-        else:
-            state["stale"] += 1
         state["epoch"] += 1
         _save_checkpoint(ckpt, model, opt, state, average)
     return state
