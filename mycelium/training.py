@@ -220,9 +220,8 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.names = [k for k, v in model.state_dict().items() if v.is_floating_point()]
-        live = model.state_dict()
-        self.shadow = {k: live[k].detach().clone() for k in self.names}
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.names = list(self.shadow)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, steps: int) -> None:
