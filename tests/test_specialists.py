@@ -366,6 +366,20 @@ def test_the_weight_average_is_what_training_saves_and_resumes(tmp_path):
     assert [h["epoch"] for h in state["history"]] == [1, 2] and state["steps"] == 4  # resumed, average included
 
 
+def test_raising_the_patience_continues_a_run_that_stopped_early(tmp_path, monkeypatch):
+    import mycelium.training
+
+    monkeypatch.setattr(mycelium.training, "_score", lambda metrics, heads: 0.5)  # every epoch after the first is stale
+    torch.manual_seed(0)
+    m = Specialists.create(SpecialistConfig(constants=["1/100"]))
+    state = train(m, [EXAMPLE, SECOND], [EXAMPLE], TrainConfig(epochs=9, batch_size=2, patience=1), tmp_path,
+                  progress=False)
+    assert [h["epoch"] for h in state["history"]] == [1, 2] and state["stale"] == 1
+    state = train(m, [EXAMPLE, SECOND], [EXAMPLE], TrainConfig(epochs=4, batch_size=2, patience=5), tmp_path,
+                  progress=False)
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4] and state["stale"] == 3
+
+
 def test_a_checkpoint_from_another_model_starts_over(tmp_path, capsys):
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=1, batch_size=2, patience=9)
