@@ -376,6 +376,8 @@ def train_cmd(run_dir: str = RunOpt,
               epochs: int = typer.Option(8), batch_size: int = typer.Option(16), seed: int = typer.Option(0),
               patience: int = typer.Option(2, help="stop after this many epochs without a better dev score; raise it "
                                            "with --epochs to continue a run that stopped early"),
+              schedule: str = typer.Option("constant", help="the learning rate: constant, or linear (falls to 0 at "
+                                           "the last epoch; then raising --epochs starts the run over)"),
               device: str = typer.Option("cpu", help="cpu, or cuda where there is a GPU"),
               limit: Optional[int] = typer.Option(None, help="train on the first N training examples"),
               c2_labels: str = typer.Option("ops", help="C2's label set: ops, or templates (labels templates)"),
@@ -421,7 +423,8 @@ def train_cmd(run_dir: str = RunOpt,
                    f"question (e.g. {contaminated[0]})")
     if constant_uses < 1:
         raise BadInput(f"--constant-uses must be at least 1 (got {constant_uses})")
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, patience=patience, device=torch_device(device),
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, patience=patience, schedule=schedule,
+                      device=torch_device(device),
                       c3_any_order=any_order, ema=ema)  # checked before the model loads
     constants = operand_constants(run, constant_uses)
     n_templates = 0

@@ -43,6 +43,9 @@ class TrainConfig:
     # Dev metrics, early stopping and the saved model read an exponential moving average of the weights
     # (`WeightAverage`), not the last step's; 0: the last step's. 0.999 averages about the last two epochs.
     ema: float = 0.999
+    # "linear": both learning rates fall linearly to 0 at the last epoch; "constant": they stay. The linear
+    # rate depends on `epochs`, so with it raising the epochs starts the run over instead of continuing it.
+    schedule: str = "constant"
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -52,6 +55,8 @@ class TrainConfig:
             raise BadInput(f"the weight average's decay must be in [0, 1) (got {self.ema})")
         if not (self.lr > 0 and self.head_lr > 0):
             raise BadInput(f"learning rates must be above 0 (got {self.lr}, {self.head_lr})")
+        if self.schedule not in ("constant", "linear"):
+            raise BadInput(f"unknown learning-rate schedule {self.schedule!r}; use constant or linear")
 
 
 def to_device(batch, device):
@@ -317,8 +322,10 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
     opt = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": cfg.lr},
                              {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
     ckpt = out / "checkpoint.safetensors"
-    # Epochs and patience only say when to stop: raising them continues a run rather than restarting it.
-    same_run = {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "patience", "device")}
+    # Epochs and patience only say when to stop (with a constant rate): raising them continues a run.
+    # A constant rate leaves "schedule" out too, so checkpoints from before the option still resume.
+    resumable = ("epochs", "patience", "device", "schedule") if cfg.schedule == "constant" else ("patience", "device")
+    same_run = {k: v for k, v in asdict(cfg).items() if k not in resumable}
     fingerprint = {"train": same_run, "heads": list(heads), "n_train": len(train_set), "model": model.config_dict()}
     state = {"epoch": 0, "steps": 0, "best": -1.0, "stale": 0, "history": [], "fingerprint": fingerprint}
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -334,6 +341,10 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
         bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}", unit="batch", disable=not progress)
         t0 = time.monotonic()
         for idx in bar:
+            if cfg.schedule == "linear":  # from the step count, so a resumed run is at the same rate
+                left = 1 - state["steps"] / (cfg.epochs * len(batches))
+                for group, base in zip(opt.param_groups, (cfg.lr, cfg.head_lr)):
+                    group["lr"] = base * left
             batch = to_device(encode(model, [train_set[i] for i in idx]), cfg.device)
             L = losses(model(batch), batch, heads, any_order=cfg.c3_any_order and model.config.c2_labels == "ops")
             loss = sum(L.values())

@@ -380,6 +380,26 @@ def test_raising_the_patience_continues_a_run_that_stopped_early(tmp_path, monke
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4] and state["stale"] == 3
 
 
+def test_a_linear_rate_falls_to_zero_at_the_last_epoch_and_is_part_of_the_run(tmp_path, monkeypatch, capsys):
+    rates, real = [], torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        rates.append([g["lr"] for g in self.param_groups])
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    torch.manual_seed(0)
+    m = Specialists.create(SpecialistConfig(constants=["1/100"]))
+    cfg = TrainConfig(epochs=2, batch_size=2, patience=9, schedule="linear")
+    train(m, [EXAMPLE, SECOND] * 2, [EXAMPLE], cfg, tmp_path, progress=False)  # 2 batches an epoch: 4 steps
+    assert rates == [[cfg.lr * f, cfg.head_lr * f] for f in (1, 0.75, 0.5, 0.25)]
+    state = train(m, [EXAMPLE, SECOND] * 2, [EXAMPLE], TrainConfig(epochs=3, batch_size=2, patience=9, schedule="linear"),
+                  tmp_path, progress=False)  # the rate depends on the epochs: more of them is another run
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3] and "starting over" in capsys.readouterr().err
+    with pytest.raises(BadInput):
+        TrainConfig(schedule="cosine")
+
+
 def test_a_checkpoint_from_another_model_starts_over(tmp_path, capsys):
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=1, batch_size=2, patience=9)
