@@ -674,7 +674,9 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
 @app.command("scorer")
 def scorer_cmd(model: str = ModelOpt,
                split: str = typer.Option("fit", help="GSM8K split to fit on (dev: then the held-out figure is cross-validated)"),
-               limit: int = typer.Option(0, help="first N problems of that split (0: all)"),
+               limit: int = typer.Option(0, help="first N problems of that split, and of each extra fit split (0: all)"),
+               extra: str = typer.Option("asdiv", help="also fit on these datasets' fit splits (comma-separated; none: "
+                                         "GSM8K only), less any problem that shares a 13-word run with an evaluation set"),
                seeds: int = typer.Option(5, help="MLPs fitted with seeds 0..N-1 and averaged (one fit moves a point "
                                          "or two with its seed)"),
                dev_limit: Optional[int] = typer.Option(None, help="first N GSM8K dev problems to report on (default all)"),
@@ -686,10 +688,15 @@ def scorer_cmd(model: str = ModelOpt,
     from pathlib import Path
 
     from .answer import answers_match
-    from .data import load
+    from .contamination import Overlap
+    from .data import evaluation_sets, load, splits
     from .scorer import Scorer, cross_validate, fit, labelled, provenance, top1
     from .solver import encoder_dtype
 
+    extras = [] if extra.strip().lower() in ("", "none") else [x.strip().lower() for x in extra.split(",")]
+    for name in extras:
+        if name == "gsm8k" or "fit" not in splits(name):  # an unknown name is refused by `splits`
+            raise BadInput(f"--extra takes datasets with a fit split other than GSM8K (e.g. asdiv), not {name!r}")
     if limit < 0 or (dev_limit is not None and dev_limit < 1):
         raise BadInput("--limit is 0 (all) or a number of problems; --dev-limit at least 1")
     if seeds < 1:
@@ -702,7 +709,7 @@ def scorer_cmd(model: str = ModelOpt,
     limit = limit or None  # 0: all
     path = Path(model) / "scorer.json"
     wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings, seeds=seeds,
-                        encoder_dtype=encoder_dtype(dtype))  # its features come from the encoder's states
+                        encoder_dtype=encoder_dtype(dtype), **({"extra": extras} if extras else {}))  # its features come from the encoder's states
     fitted = Scorer.load(path)
     if fitted is not None and fitted.fitted_on == wanted and fitted.dev_accuracy is not None and not refit:
         typer.echo(f"{path} is fitted on this model with these settings: kept (--refit to fit again)")
@@ -710,25 +717,30 @@ def scorer_cmd(model: str = ModelOpt,
     solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True, workers=workers,
                      encoder_dtype=dtype)
 
-    def candidates(name: str, n: Optional[int]) -> tuple[list, float]:
-        """Per problem: ([candidate, feature], [candidate] reaches gold); and the log-probability ranking's accuracy."""
-        problems = load("gsm8k", name, source, root)[:n]
+    def candidates(name: str, n: Optional[int], dataset: str = "gsm8k", held: Overlap | None = None) -> tuple[list, float]:
+        """Per problem: ([candidate, feature], [candidate] reaches gold); and the log-probability ranking's accuracy.
+        `held`: problems that overlap it are left out."""
+        problems = [p for p in load(dataset, name, source, root) if held is None or not held.hits(p.question)][:n]
         if not problems:
-            raise BadInput(f"no problems in gsm8k/{name}")
+            raise BadInput(f"no problems in {dataset}/{name}")
         groups, first = [], 0
-        for p, sol in zip(problems, solver.solve_each([p.question for p in problems], f"solve gsm8k/{name}")):
+        for p, sol in zip(problems, solver.solve_each([p.question for p in problems], f"solve {dataset}/{name}")):
             groups.append(labelled(sol.candidates, p.answer))  # streamed: candidates are not kept
             first += answers_match(sol.answer, p.answer)
         return groups, first / len(problems)
 
     train, train_first = candidates(split, limit)
-    scorer = fit(train, seeds=seeds)
+    # Fitted on GSM8K alone, the scorer learns GSM8K's lengths and favours two-step graphs for one-step questions.
+    held = Overlap(p.question for p in evaluation_sets(source, root)) if extras else None  # ASDiv fit repeats MAWPS test
+    more = {name: candidates("fit", limit, name, held)[0] for name in extras}
+    scorer = fit(train + [g for groups in more.values() for g in groups], seeds=seeds)
     scorer.fitted_on = wanted
-    typer.echo(f"fitted on {len(train)} GSM8K {split} problems (gold among the candidates for "
-               f"{sum(bool(y.any()) for _, y, _ in train)})")
+    typer.echo(f"fitted on {len(train)} GSM8K {split} problems" + "".join(
+        f" and {len(groups)} {name} fit problems" for name, groups in more.items()) + " (gold among the candidates for "
+        f"{sum(bool(y.any()) for groups in [train, *more.values()] for _, y, _ in groups)})")
     if split == "dev":
         dev, first = train, train_first
-        held_out = cross_validate(dev, folds, seeds=seeds)
+        held_out = cross_validate(dev, folds, extra=[g for groups in more.values() for g in groups], seeds=seeds)
         how = f"{folds}-fold cross-validated"
     else:
         dev, first = candidates("dev", dev_limit)

@@ -125,7 +125,7 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
 
     def scorer(name: str, folder: Path) -> float:
         """Fit (or keep) the folder's scorer; its GSM8K dev accuracy."""
-        stage(name, ["scorer", "--model", str(folder), *search,
+        stage(name, ["scorer", "--model", str(folder), *search, "--extra", ",".join(cfg.extra) or "none",  # as training
                      "--limit", str(cfg.scorer_limit or 0),  # the command keeps a scorer fitted with these settings
                      *(["--dev-limit", str(cfg.scorer_dev_limit)] if cfg.scorer_dev_limit else [])])
         return json.loads((folder / "scorer.json").read_text())["dev_accuracy"] or 0.0

@@ -235,11 +235,13 @@ def top1(groups: list[tuple[np.ndarray, np.ndarray, list]], scorer: Scorer) -> f
     return sum(bool(y[by_answer(scorer(f), a)[0]]) for f, y, a in groups if len(f)) / max(len(groups), 1)
 
 
-def cross_validate(groups: list[tuple[np.ndarray, np.ndarray, list]], folds: int = 5, **fit_args) -> float:
-    """Accuracy of a scorer fitted on the other folds, over every fold: what the scorer adds, held out."""
+def cross_validate(groups: list[tuple[np.ndarray, np.ndarray, list]], folds: int = 5, extra: list = (),
+                   **fit_args) -> float:
+    """Accuracy of a scorer fitted on the other folds (and `extra`, other problems it always trains on), over
+    every fold: what the scorer adds, held out."""
     hits = 0.0
     for k in range(folds):
-        train = [g for i, g in enumerate(groups) if i % folds != k]
+        train = [g for i, g in enumerate(groups) if i % folds != k] + list(extra)
         held = [g for i, g in enumerate(groups) if i % folds == k]
         hits += top1(held, fit(train, **fit_args)) * len(held)
     return hits / max(len(groups), 1)

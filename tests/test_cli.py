@@ -95,6 +95,8 @@ def test_scorer_bad_arguments(tmp_path):
     assert_clean_error(mycelium("scorer", "--split", "test", *model), "reported numbers only")
     assert_clean_error(mycelium("scorer", "--seeds", "0", *model), "--seeds must be at least 1")
     assert_clean_error(mycelium("scorer", "--limit", "-5", *model), "--limit is 0 (all)")
+    assert_clean_error(mycelium("scorer", "--extra", "asdiv,nosuch", *model), "unknown dataset 'nosuch'")
+    assert_clean_error(mycelium("scorer", "--extra", "gsm8k", *model), "other than GSM8K")
 
 
 def test_malformed_row_warns_and_loads_the_rest(write_jsonl):

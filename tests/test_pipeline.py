@@ -44,6 +44,7 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     assert fingerprint["train"]["seed"] == 3 and fingerprint["train"]["schedule"] == "linear"
     assert fingerprint["train"]["plan_weight"] == 0.5  # the config reached training
     assert fingerprint["model"]["specialists"]["encoder_layers"] == 2  # and the cut backbone: MiniLM's first 2 layers
+    assert "fitted on 8 GSM8K fit problems and 8 asdiv fit problems" in first.stdout  # the scorer, on training's extra too
     assert "round 1: GSM8K dev" in first.stderr  # the self-improving loop ran one round and measured it
     again = mycelium("run", "--config", str(cfg))
     assert again.returncode == 0, again.stderr[-3000:]

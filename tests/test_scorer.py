@@ -63,6 +63,9 @@ def test_fit_learns_which_feature_marks_gold_and_round_trips(tmp_path):
     scorer = fit(groups)
     assert top1(groups, scorer) > 0.95 and cross_validate(groups, folds=4) > 0.9
     assert top1(groups, fit([])) < 0.5  # nothing to learn from: every candidate ties, the first is taken
+    col = FEATURES.index("share of question quantities used")
+    inverted = [(np.where(np.arange(f.shape[1]) == col, 1.5 - f, f), y, a) for f, y, a in groups[40:]]  # gold at 0.5
+    assert cross_validate(groups[:40], folds=4) > 0.5 > 0.1 > cross_validate(groups[:40], folds=4, extra=inverted)
     parts, both = [fit(groups, seed=s) for s in (3, 4)], fit(groups, seed=3, seeds=2)  # an ensemble is one wider MLP
     assert len(both.hidden_bias) == 32 and top1(groups, both) > 0.95
     assert np.allclose(both(groups[0][0]), (parts[0](groups[0][0]) + parts[1](groups[0][0])) / 2, atol=1e-5)
