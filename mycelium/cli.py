@@ -378,7 +378,7 @@ def train_cmd(run_dir: str = RunOpt,
                                            "with --epochs to continue a run that stopped early"),
               schedule: str = typer.Option("constant", help="the learning rate: constant, or linear (falls to 0 at "
                                            "the last epoch; then raising --epochs starts the run over)"),
-              plan_weight: float = typer.Option(1.0, help="C1's plan loss is multiplied by this"),
+              plan_loss_weight: float = typer.Option(0.3, help="C1's plan loss is multiplied by this (1: the plain sum)"),
               device: str = typer.Option("cpu", help="cpu, or cuda where there is a GPU"),
               limit: Optional[int] = typer.Option(None, help="train on the first N training examples"),
               c2_labels: str = typer.Option("ops", help="C2's label set: ops, or templates (labels templates)"),
@@ -425,7 +425,7 @@ def train_cmd(run_dir: str = RunOpt,
     if constant_uses < 1:
         raise BadInput(f"--constant-uses must be at least 1 (got {constant_uses})")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, patience=patience, schedule=schedule,
-                      plan_weight=plan_weight, device=torch_device(device),
+                      plan_loss_weight=plan_loss_weight, device=torch_device(device),
                       c3_any_order=any_order, ema=ema)  # checked before the model loads
     constants = operand_constants(run, constant_uses)
     n_templates = 0

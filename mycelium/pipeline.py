@@ -56,7 +56,7 @@ class PipelineConfig:
     epochs: int = 8
     batch_size: int = 16
     schedule: str = "constant"  # the learning rate: constant, or linear (falls to 0 at the last epoch)
-    plan_weight: float = 1.0  # C1's plan loss is multiplied by this
+    plan_loss_weight: float = 0.3  # C1's plan loss is multiplied by this (1: the plain sum)
     seed: int = 0  # the specialists' new heads and batch order: one seed, one model
     eval_datasets: list[str] = field(default_factory=lambda: ["gsm8k", "asdiv", "mawps"])
     eval_limit: int | None = None  # first N problems of each evaluation set (None: all)
@@ -117,7 +117,8 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
         stage("labels build", ["labels", "build", "--regions", cfg.regions, *common])
     layers = ["--encoder-layers", str(cfg.encoder_layers)] if cfg.encoder_layers is not None else []  # 0: train says no
     train = ["train", "--backbone", cfg.backbone, *layers, "--epochs", str(cfg.epochs), "--batch-size",
-             str(cfg.batch_size), "--schedule", cfg.schedule, "--plan-weight", str(cfg.plan_weight), "--seed", str(cfg.seed), *common]
+             str(cfg.batch_size), "--schedule", cfg.schedule, "--plan-loss-weight", str(cfg.plan_loss_weight),
+             "--seed", str(cfg.seed), *common]
     stage("train", train)
     name = model_name(cfg.backbone, cfg.encoder_layers)
     model = run_dir / "models" / name

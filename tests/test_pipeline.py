@@ -27,7 +27,7 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg = tmp_path / "small.yaml"
     cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8, "extra_limit": 2,
                                    "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8, "scorer_dev_limit": 4,
-                                   "eval_datasets": ["gsm8k", "asdiv"], "seed": 3, "schedule": "linear", "plan_weight": 0.5,
+                                   "eval_datasets": ["gsm8k", "asdiv"], "seed": 3, "schedule": "linear", "plan_loss_weight": 0.5,
                                    "improve_rounds": 1, "encoder_layers": 2}))
     first = mycelium("run", "--config", str(cfg))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -42,7 +42,7 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     with safe_open(str(run / "models" / "minilm-l2" / "checkpoint.safetensors"), framework="pt") as f:
         fingerprint = json.loads(f.metadata()["state"])["fingerprint"]
     assert fingerprint["train"]["seed"] == 3 and fingerprint["train"]["schedule"] == "linear"
-    assert fingerprint["train"]["plan_weight"] == 0.5  # the config reached training
+    assert fingerprint["train"]["plan_loss_weight"] == 0.5  # the config reached training
     assert fingerprint["model"]["specialists"]["encoder_layers"] == 2  # and the cut backbone: MiniLM's first 2 layers
     assert "fitted on 8 GSM8K fit problems and 8 asdiv fit problems" in first.stdout  # the scorer, on training's extra too
     assert "round 1: GSM8K dev" in first.stderr  # the self-improving loop ran one round and measured it

@@ -400,14 +400,14 @@ def test_a_linear_rate_falls_to_zero_at_the_last_epoch_and_is_part_of_the_run(tm
         TrainConfig(schedule="cosine")
 
 
-def test_the_plan_weight_scales_only_the_plans_loss(tmp_path):
+def test_the_plan_loss_weight_scales_only_the_plans_loss(tmp_path):
     from safetensors import safe_open
 
     def one_step(weight: float, folder):
         torch.manual_seed(0)
         m = Specialists.create(SpecialistConfig(constants=["1/100"]))
         before = {n: p.detach().clone() for n, p in m.named_parameters()}
-        cfg = TrainConfig(epochs=1, batch_size=2, plan_weight=weight, ema=0)
+        cfg = TrainConfig(epochs=1, batch_size=2, plan_loss_weight=weight, ema=0)
         train(m, [EXAMPLE, SECOND], [EXAMPLE], cfg, folder, progress=False)  # one batch: one step
         return cfg, before, dict(m.named_parameters())
 
@@ -418,11 +418,11 @@ def test_the_plan_weight_scales_only_the_plans_loss(tmp_path):
         assert torch.allclose(after[n], before[n] * (1 - cfg.head_lr * cfg.weight_decay), atol=1e-7), n
     _, _, full = one_step(1.0, tmp_path / "on")
     assert any(not torch.allclose(full[n], after[n]) for n in plan)
-    for folder, weight in (("off", 0.0), ("on", None)):  # the default stays out: older checkpoints still resume
+    for folder, weight in (("off", 0.0), ("on", None)):  # the plain sum stays out: older checkpoints still resume
         with safe_open(str(tmp_path / folder / "checkpoint.safetensors"), framework="pt") as f:
-            assert json.loads(f.metadata()["state"])["fingerprint"]["train"].get("plan_weight") == weight
+            assert json.loads(f.metadata()["state"])["fingerprint"]["train"].get("plan_loss_weight") == weight
     with pytest.raises(BadInput):
-        TrainConfig(plan_weight=-1)
+        TrainConfig(plan_loss_weight=-1)
 
 
 def test_a_checkpoint_from_another_model_starts_over(tmp_path, capsys):
