@@ -709,7 +709,8 @@ def scorer_cmd(model: str = ModelOpt,
     limit = limit or None  # 0: all
     path = Path(model) / "scorer.json"
     wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings, seeds=seeds,
-                        encoder_dtype=encoder_dtype(dtype), **({"extra": extras} if extras else {}))  # its features come from the encoder's states
+                        encoder_dtype=encoder_dtype(dtype),  # its features come from the encoder's states
+                        **({"extra": extras} if extras else {}))  # none: as before the option, so older scorers are kept
     fitted = Scorer.load(path)
     if fitted is not None and fitted.fitted_on == wanted and fitted.dev_accuracy is not None and not refit:
         typer.echo(f"{path} is fitted on this model with these settings: kept (--refit to fit again)")
@@ -733,14 +734,15 @@ def scorer_cmd(model: str = ModelOpt,
     # Fitted on GSM8K alone, the scorer learns GSM8K's lengths and favours two-step graphs for one-step questions.
     held = Overlap(p.question for p in evaluation_sets(source, root)) if extras else None  # ASDiv fit repeats MAWPS test
     more = {name: candidates("fit", limit, name, held)[0] for name in extras}
-    scorer = fit(train + [g for groups in more.values() for g in groups], seeds=seeds)
+    more_groups = [g for groups in more.values() for g in groups]
+    scorer = fit(train + more_groups, seeds=seeds)
     scorer.fitted_on = wanted
     typer.echo(f"fitted on {len(train)} GSM8K {split} problems" + "".join(
         f" and {len(groups)} {name} fit problems" for name, groups in more.items()) + " (gold among the candidates for "
-        f"{sum(bool(y.any()) for groups in [train, *more.values()] for _, y, _ in groups)})")
+        f"{sum(bool(y.any()) for _, y, _ in train + more_groups)})")
     if split == "dev":
         dev, first = train, train_first
-        held_out = cross_validate(dev, folds, extra=[g for groups in more.values() for g in groups], seeds=seeds)
+        held_out = cross_validate(dev, folds, extra=more_groups, seeds=seeds)
         how = f"{folds}-fold cross-validated"
     else:
         dev, first = candidates("dev", dev_limit)
