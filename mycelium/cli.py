@@ -391,6 +391,8 @@ def train_cmd(run_dir: str = RunOpt,
                                                "before the step heads; off: measured worse on GSM8K dev"),
               c3_used: bool = typer.Option(True, "--c3-used/--no-c3-used", help="C3 reads which candidates the "
                                            "graph's earlier steps read"),
+              plan_used: bool = typer.Option(True, "--plan-used/--no-plan-used", help="C1's plan reads which clauses "
+                                             "the plan's earlier steps read"),
               any_order: bool = typer.Option(True, "--any-order/--labelled-order", help="C3's loss takes the operands "
                                              "of a sum or product in any order"),
               ema: float = typer.Option(0.999, help="dev, early stopping and the saved model use a moving average "
@@ -438,7 +440,8 @@ def train_cmd(run_dir: str = RunOpt,
         raise BadInput(f"unknown C2 label set {c2_labels!r}; use ops or templates")
     model = Specialists.create(SpecialistConfig(backbone=backbone, constants=constants, c2_labels=c2_labels,
                                                 n_templates=n_templates, encoder_layers=encoder_layers,
-                                                step_reader=step_reader, c3_used=c3_used), seed=seed)
+                                                step_reader=step_reader, c3_used=c3_used,
+                                                plan_used=plan_used), seed=seed)
     out = Path(out_dir) if out_dir else run / "models" / model_name(backbone, encoder_layers)
     state = train(model, train_set, dev, cfg, out, heads)
     best = max(state["history"], key=lambda h: h["score"])

@@ -219,18 +219,22 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
     ends = (torch.arange(K, device=dev)[:, None] + torch.arange(W, device=dev)[None]).clamp(max=K - 1)  # [start, width] -> last clause
     choice_ok = torch.cat([region_ok.view(B, K * W), torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)  # [question, choice]
     hi_of = torch.cat([ends.flatten(), torch.tensor([-1], device=dev)])  # [choice] last clause (-1: implicit)
+    starts = torch.arange(K, device=dev)[:, None].expand(K, W).flatten()  # [choice but implicit] first clause
+    reads = (torch.arange(K, device=dev)[None] >= starts[:, None]) & (torch.arange(K, device=dev)[None] <= ends.flatten()[:, None])
+    reads = torch.cat([reads, torch.zeros(1, K, dtype=torch.bool, device=dev)]).float()  # [choice, clause] it reads
 
     fixed = model.plan_end_fixed(clauses, valid)
     # Questions leave the search once done, so each step reads only those still searching (`live`).
     live, every, every_fixed = torch.arange(B, device=dev), (clauses, valid, question, regions, region_ok, choice_ok), fixed
     prev = model.plan_first.expand(B, 1, d)  # [question, beam, d]
     prev_hi = torch.full((B, 1), -1, device=dev)
+    read = torch.zeros(B, 1, K, device=dev)  # [question, beam, clause]: how many of the beam's steps read each clause
     score = torch.zeros(B, 1, device=dev)
     seqs = torch.zeros(B, 1, 0, dtype=torch.long, device=dev)  # [question, beam, step] choice indices
     finished: list[list] = [[] for _ in range(B)]
     for k in range(MAX_STEPS + 1):
         ctx = model.plan_context(prev, question, torch.tensor([k], device=dev))  # every beam is at step k
-        start_lp = torch.log_softmax(model.plan_start(ctx, clauses, valid, prev_hi), -1)  # [question, beam, K + 2]
+        start_lp = torch.log_softmax(model.plan_start(ctx, clauses, valid, prev_hi, read), -1)  # [question, beam, K + 2]
         if k:
             stop, seq_rows, alive = (score + start_lp[..., K + 1]).tolist(), seqs.tolist(), score.max(1).values.tolist()
             searching = []
@@ -244,14 +248,15 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
             if len(searching) < len(live):
                 keep = torch.tensor(searching, device=dev)
                 live = live[keep]
-                prev, prev_hi, score, seqs, ctx, start_lp = (x[keep] for x in (prev, prev_hi, score, seqs, ctx, start_lp))
+                prev, prev_hi, read, score, seqs, ctx, start_lp = (x[keep] for x in (prev, prev_hi, read, score, seqs, ctx,
+                                                                                     start_lp))
                 clauses, valid, question, regions, region_ok, choice_ok = (x[live] for x in every)
                 by_start, width_bias, ok = every_fixed
                 fixed = (by_start[live], width_bias, ok[live])  # the width bias is every question's
         if k == MAX_STEPS:
             break
         n, b_live = prev.shape[1], prev.shape[0]
-        end_logits = torch.gather(model.plan_end(ctx, clauses, valid, fixed), 3, ends[None, None].expand(b_live, n, K, W))
+        end_logits = torch.gather(model.plan_end(ctx, clauses, valid, fixed, read), 3, ends[None, None].expand(b_live, n, K, W))
         end_lp = torch.log_softmax(end_logits.masked_fill(~region_ok[:, None], -1e4), -1)  # [question, beam, start, width]
         step_lp = torch.cat([(start_lp[..., :K, None] + end_lp).flatten(2), start_lp[..., K:K + 1]], -1)
         total = (score[..., None] + step_lp).masked_fill(~choice_ok[:, None], -1e4)  # [question, beam, choice]
@@ -259,6 +264,7 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
         src, choice = idx // (K * W + 1), idx % (K * W + 1)
         prev = torch.gather(regions, 1, choice[..., None].expand(-1, -1, d))
         prev_hi, score = hi_of[choice], best
+        read = torch.gather(read, 1, src[..., None].expand(-1, -1, K)) + reads[choice]
         seqs = torch.cat([torch.gather(seqs, 1, src[..., None].expand(-1, -1, seqs.shape[2])), choice[..., None]], 2)
     out = []
     for j in range(B):

@@ -64,6 +64,10 @@ class SpecialistConfig:
     # candidate (mention, step result, constant), slot, and "read once before" / "read twice or more before". A
     # solution reads most quantities and results once; a step on its own cannot know which are left.
     c3_used: bool = True
+    # C1's plan reads which clauses the plan's earlier steps read (`plan_read_bias`): a learned score for a
+    # clause read once / twice or more before, on a step's first clause and on its last. A solution reads most
+    # clauses once, and the plan's context otherwise knows only the previous step's region.
+    plan_used: bool = True
 
 
 class Specialists(nn.Module):
@@ -89,6 +93,8 @@ class Specialists(nn.Module):
         # and by region width: where the next step reads is often next door.
         self.plan_offset = nn.Embedding(10, 1)
         self.plan_width = nn.Embedding(MAX_WIDTH, 1)
+        if config.plan_used:  # zero: a new model starts as the plan without it
+            self.plan_used = nn.Parameter(torch.zeros(2, 2))  # [first clause / last clause, read once / twice before]
         self.c2 = nn.Linear(d, config.n_templates if config.c2_labels == "templates" else len(OPS))
         # C2 also reads the step's operands: each (operand, slot) adds to the operation logits ("60" → div).
         self.c2_operand = nn.Linear(d, MAX_SLOTS * self.c2.out_features)
@@ -238,9 +244,10 @@ class Specialists(nn.Module):
             clauses = pooled(batch["clause_mask"])  # [batch, clause, d]
             valid = batch["clause_mask"].sum(-1) > 0  # [batch, clause]
             ctx = self.plan_context(prev, question, torch.arange(prev.shape[1], device=hidden.device))
-            out["plan_start"] = self.plan_start(ctx, clauses, valid, batch["plan_prev_hi"])  # [batch, step + 1, clause + 2]
+            read = batch["plan_read"]  # [batch, step + 1, clause]
+            out["plan_start"] = self.plan_start(ctx, clauses, valid, batch["plan_prev_hi"], read)  # [batch, step + 1, clause + 2]
             lo = batch["plan_lo"].clamp_min(0)  # [batch, step]
-            ends = self.plan_end(ctx[:, :-1], clauses, valid)  # [batch, step, start, end]
+            ends = self.plan_end(ctx[:, :-1], clauses, valid, read=read[:, :-1])  # [batch, step, start, end]
             out["plan_end"] = torch.gather(ends, 2, lo[..., None, None].expand(-1, -1, 1, ends.shape[-1]))[:, :, 0]
         return out
 
@@ -269,18 +276,28 @@ class Specialists(nn.Module):
         """prev: [batch, step, d] the previous step's region (pooled), question: [batch, d], position: [step]."""
         return prev + self.plan_pos(position) + question[:, None]  # [batch, step, d]
 
-    def plan_start(self, ctx, clauses, valid, prev_hi):
-        """Logits over [clauses | implicit step | stop]: [batch, step, clause + 2]; prev_hi: [batch, step], -1 for none."""
+    def plan_read_bias(self, read, which: int):
+        """read: [batch, step, clause] how many earlier steps read each clause -> [batch, step, clause], the
+        plan's score for it as a step's first clause (`which` 0) or last (1); zero without `plan_used`."""
+        if not self.config.plan_used:
+            return torch.zeros_like(read)
+        seen = torch.stack([read > 0, read > 1], -1).to(self.plan_used.dtype)  # [batch, step, clause, 2]
+        return seen @ self.plan_used[which]
+
+    def plan_start(self, ctx, clauses, valid, prev_hi, read):
+        """Logits over [clauses | implicit step | stop]: [batch, step, clause + 2]; prev_hi: [batch, step], -1 for
+        none; read: [batch, step, clause] how many earlier steps read each clause."""
         B, K = clauses.shape[:2]
         keys = torch.cat([clauses, self.plan_implicit.expand(B, 1, -1), self.plan_stop.expand(B, 1, -1)], 1)
         logits = torch.einsum("bsd,bkd->bsk", self.plan_query(ctx), keys) / ctx.shape[-1] ** 0.5
         offset = (torch.arange(K, device=ctx.device)[None, None] - prev_hi[..., None]).clamp(-4, 4) + 4  # [batch, step, clause]
         offset = torch.where(prev_hi[..., None] < 0, torch.full_like(offset, 9), offset)
-        bias = self.plan_offset(offset).squeeze(-1).masked_fill(~valid[:, None], -1e4)
+        bias = (self.plan_offset(offset).squeeze(-1) + self.plan_read_bias(read, 0)).masked_fill(~valid[:, None], -1e4)
         return torch.cat([logits[..., :K] + bias, logits[..., K:]], -1)
 
-    def plan_end(self, ctx, clauses, valid, fixed=None):
-        """Logits of a region's last clause for every first clause: [batch, step, start, end].
+    def plan_end(self, ctx, clauses, valid, fixed=None, read=None):
+        """Logits of a region's last clause for every first clause: [batch, step, start, end]; read: [batch,
+        step, clause] how many earlier steps read each clause (None: none read).
 
         The query is linear in (context + first clause), so the table is two
         products, not one per (step, start) pair; `fixed` is `plan_end_fixed`'s
@@ -289,6 +306,8 @@ class Specialists(nn.Module):
         by_start, width_bias, ok = fixed if fixed is not None else self.plan_end_fixed(clauses, valid)
         by_ctx = torch.einsum("bsd,bed->bse", self.plan_end_query(ctx), clauses)  # [batch, step, end]
         logits = (by_ctx[:, :, None] + by_start[:, None]) / ctx.shape[-1] ** 0.5 + width_bias
+        if read is not None:
+            logits = logits + self.plan_read_bias(read, 1)[:, :, None]  # by the last clause
         return logits.masked_fill(~ok, -1e4)
 
     def plan_end_fixed(self, clauses, valid):
@@ -425,12 +444,15 @@ def _plan_targets(examples: list[dict], offsets, S: int) -> dict:
     start = torch.full((B, S + 1), -100)  # [batch, step + 1]: clause, K = implicit, K + 1 = stop
     lo, end = torch.full((B, S), -100), torch.full((B, S), -100)
     prev_hi = torch.full((B, S + 1), -1)
+    read = torch.zeros(B, S + 1, K)  # [batch, step + 1, clause]: how many earlier steps read each clause
     for b, ex in enumerate(examples):
         for k, span in enumerate(ex["clauses"]):
             clause_mask[b, k] = _char_mask(offsets[b], [span])
         steps = ex.get("steps", [])
         for s, st in enumerate(steps[:S]):
             run = st.get("clauses")
+            if run:
+                read[b, s + 1:, run[0]:run[1] + 1] += 1
             if run and run[1] - run[0] < MAX_WIDTH:
                 start[b, s], lo[b, s], end[b, s] = run[0], run[0], run[1]
                 prev_hi[b, s + 1] = run[1]
@@ -438,7 +460,7 @@ def _plan_targets(examples: list[dict], offsets, S: int) -> dict:
                 start[b, s] = K
         if len(steps) <= S:
             start[b, len(steps)] = K + 1
-    return {"clause_mask": clause_mask, "plan_lo": lo, "plan_prev_hi": prev_hi,
+    return {"clause_mask": clause_mask, "plan_lo": lo, "plan_prev_hi": prev_hi, "plan_read": read,
             "plan_targets": {"start": start, "end": end}}
 
 

@@ -305,7 +305,7 @@ def load_model(folder: Path) -> Specialists:
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text())
-    for option in ("c3_pairs", "step_reader", "c3_used"):  # saved before each option existed
+    for option in ("c3_pairs", "step_reader", "c3_used", "plan_used"):  # saved before each option existed
         cfg["specialists"].setdefault(option, False)
     known = {f.name for f in fields(SpecialistConfig)}
     for option in set(cfg["specialists"]) - known:  # an option another version had: switched off, it is nothing

@@ -152,6 +152,8 @@ def test_the_plan_beam_scores_a_plan_as_training_does():
     """Each plan the solver's beam returns has the log probability that the teacher-forced plan head gives the
     same steps: the beam's contexts, offsets and widths are the ones training sees."""
     m = Specialists.create(SpecialistConfig(constants=["1/100", "365"]), seed=0).eval()
+    with torch.no_grad():  # a new model's read term adds zero: make it count, and strongly
+        m.plan_used.copy_(torch.tensor([[2.0, -1.0], [1.5, -0.5]]))
     ex = {**EXAMPLE, "clauses": [[0, 48], [50, 93], [95, 154]]}
     clauses = [tuple(c) for c in ex["clauses"]]
     tok = m.tokenizer([ex["question"]], return_offsets_mapping=True, return_tensors="pt")
@@ -160,6 +162,8 @@ def test_the_plan_beam_scores_a_plan_as_training_does():
         found = plans(m, hidden, tok["attention_mask"], tok["offset_mapping"], [clauses], beam=12, top=12)[0]
     assert len(found) == 12 and any(r is None for _, regions in found for r in regions)
     assert any(sum(r is not None for r in regions) >= 2 for _, regions in found)  # a step after a read region
+    read = [[r for r in regions if r] for _, regions in found]
+    assert any(a[0] < b[1] and b[0] < a[1] for rs in read for i, a in enumerate(rs) for b in rs[i + 1:])  # a re-read
     for lp, regions in found:
         steps = []
         for r in regions:

@@ -82,6 +82,7 @@ def test_encode_targets(fresh):
     # C1's plan: step 0 reads clause 1, step 1 clause 0 (solution order is not text order), then stop (K + 1)
     assert b["plan_targets"]["start"].tolist() == [[1, 0, 4]] and b["plan_targets"]["end"].tolist() == [[1, 0]]
     assert b["plan_prev_hi"].tolist() == [[-1, 1, 0]]
+    assert b["plan_read"][0].tolist() == [[0, 0, 0], [0, 1, 0], [1, 1, 0]]  # [step + 1, clause]: read before
     b2 = encode(m, [SECOND])  # a step with no region is an implicit step (K)
     assert b2["plan_targets"]["start"].tolist() == [[0, 3, 4]]
     old = encode(m, [{k: v for k, v in EXAMPLE.items() if k != "clauses"}])  # labels from before the plan
@@ -213,17 +214,19 @@ def test_new_terms_start_at_zero_and_old_models_load_without_them(fresh, tmp_pat
     assert out["c3_pair"].shape == (2, out["c3"].shape[-1], out["c3"].shape[-1])
     assert out["c3_used"].shape == (out["c3"].shape[-1], 4, 2)
     assert torch.equal(c3_given(out, batch["targets"]["c3"]), out["c3"])  # V and the used term start at zero
+    assert torch.equal(model.plan_used, torch.zeros(2, 2))  # the plan's read term too
     old = Specialists.create(SpecialistConfig(constants=["1/100", "365"], c3_pairs=False, step_reader=False,
-                                              c3_used=False), seed=0)
+                                              c3_used=False, plan_used=False), seed=0)
     save_model(old, tmp_path, {})
     cfg = json.loads((tmp_path / "config.json").read_text())
-    for option in ("c3_pairs", "step_reader", "c3_used"):  # as a model saved before the options
+    for option in ("c3_pairs", "step_reader", "c3_used", "plan_used"):  # as a model saved before the options
         del cfg["specialists"][option]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     loaded = load_model(tmp_path)
     assert not loaded.config.c3_pairs and not hasattr(loaded, "c3_pair_prev")
     assert not loaded.config.step_reader and not hasattr(loaded, "step_q")
     assert not loaded.config.c3_used and not hasattr(loaded, "c3_used")
+    assert not loaded.config.plan_used and not hasattr(loaded, "plan_used")
     cfg["specialists"]["an_option_of_another_version"] = False  # switched off, it changes nothing
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert not load_model(tmp_path).config.c3_used
@@ -233,6 +236,21 @@ def test_new_terms_start_at_zero_and_old_models_load_without_them(fresh, tmp_pat
         load_model(tmp_path)
     with torch.no_grad():
         assert "c3_pair" not in loaded(batch) and "c3_used" not in loaded(batch)
+
+
+def test_the_plan_scores_clauses_its_earlier_steps_read(fresh):
+    """EXAMPLE's step 0 reads clause 1, step 1 clause 0: step 1's first clause and step 2's (stop) see them read."""
+    model = fresh()
+    batch = encode(model, [EXAMPLE])
+    with torch.no_grad():
+        before = model(batch)
+        model.plan_used.copy_(torch.tensor([[-3.0, -5.0], [2.0, 7.0]]))  # [first / last clause, once / twice]
+        after = model(batch)
+    moved = after["plan_start"][0] - before["plan_start"][0]  # [step + 1, clause + 2]
+    torch.testing.assert_close(moved, torch.tensor([[0.0, 0, 0, 0, 0], [0, -3, 0, 0, 0], [-3, -3, 0, 0, 0]]))
+    moved = after["plan_end"][0] - before["plan_end"][0]  # [step, end], the step's labelled first clause
+    ok = before["plan_end"][0] > -1e3
+    torch.testing.assert_close(moved[ok], torch.tensor([[0.0, 0, 0], [0, 2, 0]])[ok])
 
 
 def test_step_operands_decode_each_slot_given_the_picks_before_it():
