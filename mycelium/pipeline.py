@@ -22,7 +22,7 @@ students' own graphs that reach gold on GSM8K fit, `mycelium train --students`
 trains a new model on them and the teacher's labels (models/minilm-r1, …), and
 the scorer measures it on GSM8K dev. The loop stops once a round gains under 1
 point, and the best model on dev is evaluated. Off by default: one round on
-the full preset lost about a point on dev (README, "Self-improving loop").
+the full preset lost about a point on dev (docs/experiments.md, "self-improving loop").
 
 Presets are data (`PRESETS`, or a YAML file given to `--config`).
 """

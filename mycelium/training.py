@@ -226,7 +226,7 @@ class WeightAverage:
     With a constant learning rate the last step's weights wander around the optimum from batch to batch;
     their average sits nearer it. Measured first by hand on stop 31's run continued for two more epochs:
     the mean of the weights after epochs 8, 9 and 10 put GSM8K dev at 19.5% (5 scorer seeds, mean) against
-    18.9% for epoch 8 alone, though epochs 9 and 10 alone were each worse on dev than 8 (README, stop 32).
+    18.9% for epoch 8 alone, though epochs 9 and 10 alone were each worse on dev than 8 (docs/experiments.md, stop 32).
     The decay warms up, (1 + n) / (10 + n) after n steps, so the first steps' random heads fade quickly.
     """
 
