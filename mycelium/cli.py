@@ -396,7 +396,9 @@ def train_cmd(run_dir: str = RunOpt,
               any_order: bool = typer.Option(True, "--any-order/--labelled-order", help="C3's loss takes the operands "
                                              "of a sum or product in any order"),
               ema: float = typer.Option(0.999, help="dev, early stopping and the saved model use a moving average "
-                                        "of the weights with this decay per step; 0: the last step's weights")):
+                                        "of the weights with this decay per step; 0: the last step's weights"),
+              token_dropout: float = typer.Option(0.0, help="replace each training question's word tokens (not "
+                                                  "its quantities) by the mask token with this probability")):
     """Train the specialists on the run's labels; GSM8K dev examples decide early stopping."""
     from pathlib import Path
 
@@ -428,7 +430,7 @@ def train_cmd(run_dir: str = RunOpt,
         raise BadInput(f"--constant-uses must be at least 1 (got {constant_uses})")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, patience=patience, schedule=schedule,
                       plan_loss_weight=plan_loss_weight, device=torch_device(device),
-                      c3_any_order=any_order, ema=ema)  # checked before the model loads
+                      c3_any_order=any_order, ema=ema, token_dropout=token_dropout)  # checked before the model loads
     constants = operand_constants(run, constant_uses)
     n_templates = 0
     if c2_labels == "templates":

@@ -51,6 +51,9 @@ class TrainConfig:
     # 0.3 against 1 (the main job, GSM8K dev): plan found@16 0.177 against 0.163, C2 0.754 against 0.742, and
     # 5 scorer seeds 21.6% against 19.6% (mean).
     plan_loss_weight: float = 0.3
+    # Each training question's words are replaced by the tokenizer's mask token with this probability (not its
+    # quantities, nor special tokens), a new draw every batch: against memorising the training questions' wording.
+    token_dropout: float = 0.0
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -62,6 +65,8 @@ class TrainConfig:
             raise BadInput(f"learning rates must be above 0 (got {self.lr}, {self.head_lr})")
         if not self.plan_loss_weight >= 0:
             raise BadInput(f"the plan's loss weight must be at least 0 (got {self.plan_loss_weight})")
+        if not 0 <= self.token_dropout < 1:
+            raise BadInput(f"token dropout must be in [0, 1) (got {self.token_dropout})")
         if self.schedule not in ("constant", "linear"):
             raise BadInput(f"unknown learning-rate schedule {self.schedule!r}; use constant or linear")
 
@@ -71,6 +76,19 @@ def to_device(batch, device):
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch.to(device) if torch.is_tensor(batch) else batch
+
+
+def drop_tokens(batch: dict, tokenizer, p: float, generator: torch.Generator | None = None) -> dict:
+    """The batch with each word token replaced by the mask token with probability `p`; quantity mentions,
+    special tokens and padding stay. Positions and offsets do not move, so every label still lines up."""
+    mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
+    if not p or mask_id is None:  # a tokenizer with neither token: nothing to replace words with
+        return batch
+    ids = batch["input_ids"]  # [batch, token]
+    keep = (batch["mention_mask"].sum(1) > 0) | ~batch["attention_mask"].bool()  # [batch, token]
+    keep |= torch.isin(ids, torch.tensor(tokenizer.all_special_ids, dtype=ids.dtype))
+    drop = (torch.rand(ids.shape, generator=generator) < p) & ~keep
+    return {**batch, "input_ids": ids.masked_fill(drop, mask_id)}
 
 
 def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -335,6 +353,8 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
     same_run = {k: v for k, v in asdict(cfg).items() if k not in resumable}
     if cfg.plan_loss_weight == 1:  # the plain sum, as before the option: checkpoints from then still resume
         del same_run["plan_loss_weight"]
+    if not cfg.token_dropout:  # the same for runs from before token dropout
+        del same_run["token_dropout"]
     fingerprint = {"train": same_run, "heads": list(heads), "n_train": len(train_set), "model": model.config_dict()}
     state = {"epoch": 0, "steps": 0, "best": -1.0, "stale": 0, "history": [], "fingerprint": fingerprint}
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -354,7 +374,8 @@ def train(model: Specialists, train_set: list[dict], dev_set: list[dict], cfg: T
                 left = 1 - state["steps"] / (cfg.epochs * len(batches))
                 for group, base in zip(opt.param_groups, (cfg.lr, cfg.head_lr)):
                     group["lr"] = base * left
-            batch = to_device(encode(model, [train_set[i] for i in idx]), cfg.device)
+            batch = encode(model, [train_set[i] for i in idx])
+            batch = to_device(drop_tokens(batch, model.tokenizer, cfg.token_dropout), cfg.device)
             L = losses(model(batch), batch, heads, any_order=cfg.c3_any_order and model.config.c2_labels == "ops")
             loss = sum(cfg.plan_loss_weight * v if k == "c1_plan" else v for k, v in L.items())
             opt.zero_grad()

@@ -12,8 +12,8 @@ import torch
 from mycelium.specialists import (OPS, SpecialistConfig, Specialists, c3_any_order_loss, c3_given, encode, losses,
                                   op_logits, reads_before)
 from mycelium.errors import BadInput
-from mycelium.training import (TrainConfig, WeightAverage, evaluate, load_model, save_model, step_operands_right,
-                               train)
+from mycelium.training import (TrainConfig, WeightAverage, drop_tokens, evaluate, load_model, save_model,
+                               step_operands_right, train)
 
 EXAMPLE = {
     "id": "gsm8k/train/0",
@@ -441,6 +441,27 @@ def test_the_plan_loss_weight_scales_only_the_plans_loss(tmp_path):
             assert json.loads(f.metadata()["state"])["fingerprint"]["train"].get("plan_loss_weight") == weight
     with pytest.raises(BadInput):
         TrainConfig(plan_loss_weight=-1)
+
+
+def test_token_dropout_masks_words_but_not_quantities_special_tokens_or_padding(fresh, tmp_path):
+    m = fresh()
+    batch = encode(m, [EXAMPLE, SECOND])
+    ids, tok = batch["input_ids"], m.tokenizer
+    dropped = drop_tokens(batch, tok, 0.5, torch.Generator().manual_seed(0))["input_ids"]
+    changed = dropped != ids  # [batch, token]
+    assert (dropped[changed] == tok.mask_token_id).all() and 0.3 < changed.sum() / batch["attention_mask"].sum() < 0.7
+    assert not changed[batch["mention_mask"].sum(1) > 0].any()  # "48", "$12", "50" stay
+    assert not changed[~batch["attention_mask"].bool()].any()
+    assert not changed[torch.isin(ids, torch.tensor(tok.all_special_ids))].any()
+    assert torch.equal(drop_tokens(batch, tok, 0.0)["input_ids"], ids) and batch["input_ids"] is ids  # a copy
+    # Training with it is part of the run (a checkpoint without it does not resume with it), and it is checked.
+    train(fresh(), [EXAMPLE, SECOND], [EXAMPLE], TrainConfig(epochs=1, batch_size=2, token_dropout=0.2), tmp_path,
+          progress=False)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["fingerprint"]["train"]["token_dropout"] == 0.2
+    with pytest.raises(BadInput):
+        TrainConfig(token_dropout=1.0)
 
 
 def test_a_checkpoint_from_another_model_starts_over(tmp_path, capsys):
