@@ -527,11 +527,28 @@ def _solver(model: str, beam: int, groupings: int, batch_size: int, plan: str = 
     if plan not in ("learned", "enumerate"):
         raise BadInput(f"--plan is learned or enumerate, not {plan!r}")
     config = SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size, plan=plan, **more)  # checks the numbers
-    _require_model(model)
+    folders = _models(model)
+    for folder in folders:
+        _require_model(folder)
+    if len(folders) > 1:
+        from .committee import Committee
+
+        return Committee.load(folders, config)
     return Solver.load(model, config)
 
 
-ModelOpt = typer.Option("runs/default/models/minilm", "--model", help="a folder written by `mycelium train`")
+def _models(model: str) -> list[str]:
+    """--model's folders: one, or several (comma-separated) answering as a committee."""
+    folders = [m.strip() for m in model.split(",") if m.strip()]
+    if not folders:
+        raise BadInput("--model names no model folder")
+    if len(set(folders)) < len(folders):
+        raise BadInput(f"--model names a folder twice: {model}")
+    return folders
+
+
+ModelOpt = typer.Option("runs/default/models/minilm", "--model", help="a folder written by `mycelium train`; several, "
+                        "comma-separated, answer as a committee (the answer with the most scorer mass over them)")
 BeamOpt = typer.Option(4, help="alternatives kept per step decision")
 GroupingsOpt = typer.Option(16, help="candidate groupings (step plans) per problem")
 PlanOpt = typer.Option("learned", help="step regions from C1's learned plan, or 'enumerate'd from C1's spans")
@@ -652,15 +669,20 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
         raise BadInput(f"unknown split {split!r}; the splits of {', '.join(names)}: {', '.join(known)}")
     # "test" means each dataset's held-out split: ASDiv's is dev, the rest of its test split being training data
     which = {n: split if split in splits(n) and split != "test" else held_out_split(n) for n in names}
-    folder = Path(out) if out else Path(model).parent.parent / "eval"
+    folder = Path(out) if out else Path(_models(model)[0]).parent.parent / "eval"
     if folder.exists() and not folder.is_dir():
         raise BadInput(f"--out is the report's folder, and {folder} is a file")
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
     solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
                      plan_weight=plan_weight, scorer=scorer, workers=workers, encoder_dtype=dtype)
-    scorer_file = Path(model) / "scorer.json"
-    made_by = provenance(Path(model), solver=solver.settings(),
-                         scorer=hashlib.sha1(scorer_file.read_bytes()).hexdigest() if solver.scorer else None)
+    def made(folder: str, member) -> dict:
+        scorer_file = Path(folder) / "scorer.json"
+        return provenance(Path(folder), solver=solver.settings(),
+                          scorer=hashlib.sha1(scorer_file.read_bytes()).hexdigest() if member.scorer else None)
+
+    folders = _models(model)
+    made_by = (made(model, solver) if len(folders) == 1 else
+               {"committee": [made(m, member) for m, member in zip(folders, solver.solvers)]})
     partial = {n: folder / "partial" / f"{n}_{which[n]}.jsonl" for n in names}
     for path in partial.values() if fresh else ():
         path.unlink(missing_ok=True)

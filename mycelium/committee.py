@@ -1,0 +1,116 @@
+"""A committee: several trained models answer each question, and the answer they give the most scorer mass wins.
+
+    $ mycelium eval --split dev --model runs/s36/models/minilm,runs/s37/drop10
+    gsm8k/dev            500    21.0        43.2 ...
+
+    >>> with Committee.load(["runs/a/models/minilm", "runs/b/models/minilm"]) as committee:
+    ...     s = committee.solve("Tom has 3 boxes with 4 apples each. How many apples does he have?")
+    >>> s.answer, s.candidates[0]["model"]
+    (12, 0)
+
+Each member solves the question alone and ranks its own candidates with its
+own scorer (`scorer.py`). A member's softmax over the scores of its candidates
+that execute is a distribution over answers; the committee averages those
+distributions and answers with the answer of most mass, as one solver does
+with its own candidates (`scorer.by_answer`). Its graph is that answer's best
+candidate's, from the member that gave the answer the most mass, with the
+regions its steps read. Scores are not compared across members: each member's
+are normalised first, so a member whose scorer is more confident does not win
+by its scale alone.
+
+Why: two models trained on the same labels (stop 36's, and one with token
+dropout) answer GSM8K dev 20.2% and 19.7% alone and 21.4% pooled, ASDiv dev
+51.7% and 51.9% alone and 52.9% pooled (3 scorer seeds each, docs/experiments.md,
+stop 37), while averaging their weights into one model lost 1.3 points. It
+costs every member's solve: two models, half the problems per second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInput
+from .solver import Solution, Solver, SolverConfig
+
+
+def pool(solutions: list[Solution]) -> Solution:
+    """One question's answers from every member, pooled into the committee's Solution.
+
+    Every candidate that executes carries its member (`model`) and, as its score, its share of the pooled
+    mass in log space (log of its member's softmax probability over the number of members), so summing a
+    answer's candidates (log-sum-exp, as `evaluate.top_answers` does) gives that answer's pooled share.
+    """
+    n = len(solutions)
+    candidates, mass, best = [], defaultdict(float), {}
+    for k, s in enumerate(solutions):
+        ok = [c for c in s.candidates if c["ok"] and c["answer"] is not None and math.isfinite(c["score"])]
+        if not ok:
+            continue
+        scores = np.asarray([c["score"] for c in ok])  # [candidate]
+        share = scores - np.logaddexp.reduce(scores) - math.log(n)  # [candidate] log (probability / members)
+        for c, v in zip(ok, share.tolist()):
+            candidates.append({**c, "score": v, "model": k})
+            mass[c["answer"]] += math.exp(v)  # sympy numbers hash by value: one answer across members
+            if c["answer"] not in best or v > best[c["answer"]]["score"]:
+                best[c["answer"]] = candidates[-1]
+    if not mass:  # every member refused or no candidate executes: the first member's reason
+        return solutions[0]
+    answer = max(mass, key=mass.get)
+    chosen = best[answer]
+    candidates.sort(key=lambda c: (-mass[c["answer"]], -c["score"]))
+    candidates += [{**c, "model": k} for k, s in enumerate(solutions) for c in s.candidates if not c["ok"]]
+    graph = chosen.get("graph")
+    spans = sorted({st.span for st in graph.steps if st.span}) if graph else solutions[chosen["model"]].spans
+    return Solution(solutions[0].question, answer, graph, spans, math.log(mass[answer]), candidates, None)
+
+
+class Committee:
+    """Several solvers behind one solver's interface (`solve`, `solve_batch`, `solve_each`, `settings`)."""
+
+    def __init__(self, solvers: list[Solver]):
+        if len(solvers) < 2:
+            raise BadInput(f"a committee needs at least two models (got {len(solvers)})")
+        self.solvers = solvers
+
+    @classmethod
+    def load(cls, folders: list[str | Path], config: SolverConfig | None = None) -> "Committee":
+        # Every candidate keeps its graph: the pooled answer may be no member's own first choice.
+        config = replace(config or SolverConfig(), keep_graphs=True)
+        return cls([Solver.load(f, config) for f in folders])
+
+    @property
+    def scorer(self) -> bool:
+        """Whether every member ranks with a learned scorer."""
+        return all(s.scorer for s in self.solvers)
+
+    def settings(self) -> dict:
+        return {**self.solvers[0].settings(), "committee": len(self.solvers)}
+
+    def solve(self, question: str) -> Solution:
+        return pool([s.solve(question) for s in self.solvers])
+
+    def solve_batch(self, questions: list[str]) -> list[Solution]:
+        return [pool(list(each)) for each in zip(*(s.solve_batch(questions) for s in self.solvers))]
+
+    def solve_each(self, questions: list[str], desc: str = "solve", progress: bool = True) -> Iterator[Solution]:
+        """Answers in order as they come; the members' own streams advance together."""
+        n = len(self.solvers)
+        streams = [s.solve_each(questions, f"{desc} [model {k + 1}/{n}]", progress) for k, s in enumerate(self.solvers)]
+        for each in zip(*streams):
+            yield pool(list(each))
+
+    def close(self) -> None:
+        for s in self.solvers:
+            s.close()
+
+    def __enter__(self) -> "Committee":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
