@@ -53,6 +53,7 @@ class TrainConfig:
     plan_loss_weight: float = 0.3
     # Each training question's words are replaced by the tokenizer's mask token with this probability (not its
     # quantities, nor special tokens), a new draw every batch: against memorising the training questions' wording.
+    # 0.1 on stop 36's labels (stop 37): GSM8K dev 19.5% against 20.3% (5 scorer seeds, mean), so off by default.
     token_dropout: float = 0.0
 
     def __post_init__(self):
