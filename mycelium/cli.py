@@ -669,19 +669,21 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
         raise BadInput(f"unknown split {split!r}; the splits of {', '.join(names)}: {', '.join(known)}")
     # "test" means each dataset's held-out split: ASDiv's is dev, the rest of its test split being training data
     which = {n: split if split in splits(n) and split != "test" else held_out_split(n) for n in names}
-    folder = Path(out) if out else Path(_models(model)[0]).parent.parent / "eval"
+    folders = _models(model)
+    folder = Path(out) if out else Path(folders[0]).parent.parent / "eval"
     if folder.exists() and not folder.is_dir():
         raise BadInput(f"--out is the report's folder, and {folder} is a file")
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
     solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
                      plan_weight=plan_weight, scorer=scorer, workers=workers, encoder_dtype=dtype)
-    def made(folder: str, member) -> dict:
-        scorer_file = Path(folder) / "scorer.json"
-        return provenance(Path(folder), solver=solver.settings(),
+
+    def made(member_folder: str, member) -> dict:
+        """What made a member's answers: its weights, its scorer, the solver's settings."""
+        scorer_file = Path(member_folder) / "scorer.json"
+        return provenance(Path(member_folder), solver=solver.settings(),
                           scorer=hashlib.sha1(scorer_file.read_bytes()).hexdigest() if member.scorer else None)
 
-    folders = _models(model)
-    made_by = (made(model, solver) if len(folders) == 1 else
+    made_by = (made(folders[0], solver) if len(folders) == 1 else  # one model: as before, so its partial answers resume
                {"committee": [made(m, member) for m, member in zip(folders, solver.solvers)]})
     partial = {n: folder / "partial" / f"{n}_{which[n]}.jsonl" for n in names}
     for path in partial.values() if fresh else ():
