@@ -534,7 +534,7 @@ def _solver(model: str, beam: int, groupings: int, batch_size: int, plan: str = 
         from .committee import Committee
 
         return Committee.load(folders, config)
-    return Solver.load(model, config)
+    return Solver.load(folders[0], config)
 
 
 def _models(model: str) -> list[str]:

@@ -31,7 +31,6 @@ every member's solve: GSM8K test on 2 cores, 34.1 problems/s with one model,
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInput
+from .scorer import by_answer
 from .solver import Solution, Solver, SolverConfig
 
 
@@ -50,27 +50,25 @@ def pool(solutions: list[Solution]) -> Solution:
     answer's candidates (log-sum-exp, as `evaluate.top_answers` does) gives that answer's pooled share.
     """
     n = len(solutions)
-    candidates, mass, best = [], defaultdict(float), {}
+    candidates = []
     for k, s in enumerate(solutions):
         ok = [c for c in s.candidates if c["ok"] and c["answer"] is not None and math.isfinite(c["score"])]
         if not ok:
             continue
         scores = np.asarray([c["score"] for c in ok])  # [candidate]
         share = scores - np.logaddexp.reduce(scores) - math.log(n)  # [candidate] log (probability / members)
-        for c, v in zip(ok, share.tolist()):
-            candidates.append({**c, "score": v, "model": k})
-            mass[c["answer"]] += math.exp(v)  # sympy numbers hash by value: one answer across members
-            if c["answer"] not in best or v > best[c["answer"]]["score"]:
-                best[c["answer"]] = candidates[-1]
-    if not mass:  # every member refused or no candidate executes: the first member's reason
+        candidates += [{**c, "score": v, "model": k} for c, v in zip(ok, share.tolist())]
+    if not candidates:  # every member refused or no candidate executes: the first member's reason
         return solutions[0]
-    answer = max(mass, key=mass.get)
-    chosen = best[answer]
-    candidates.sort(key=lambda c: (-mass[c["answer"]], -c["score"]))
+    # sympy numbers hash by value, so one answer from several members is one answer here
+    order = by_answer(np.asarray([c["score"] for c in candidates]), [c["answer"] for c in candidates])
+    candidates = [candidates[k] for k in order]
+    chosen = candidates[0]  # the most-mass answer's best candidate
+    mass = sum(math.exp(c["score"]) for c in candidates if c["answer"] == chosen["answer"])
     candidates += [{**c, "model": k} for k, s in enumerate(solutions) for c in s.candidates if not c["ok"]]
     graph = chosen.get("graph")
     spans = sorted({st.span for st in graph.steps if st.span}) if graph else solutions[chosen["model"]].spans
-    return Solution(solutions[0].question, answer, graph, spans, math.log(mass[answer]), candidates, None)
+    return Solution(solutions[0].question, chosen["answer"], graph, spans, math.log(mass), candidates, None)
 
 
 class Committee:
@@ -86,11 +84,6 @@ class Committee:
         # Every candidate keeps its graph: the pooled answer may be no member's own first choice.
         config = replace(config or SolverConfig(), keep_graphs=True)
         return cls([Solver.load(f, config) for f in folders])
-
-    @property
-    def scorer(self) -> bool:
-        """Whether every member ranks with a learned scorer."""
-        return all(s.scorer for s in self.solvers)
 
     def settings(self) -> dict:
         return {**self.solvers[0].settings(), "committee": len(self.solvers)}
