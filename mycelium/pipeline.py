@@ -24,6 +24,12 @@ the scorer measures it on GSM8K dev. The loop stops once a round gains under 1
 point, and the best model on dev is evaluated. Off by default: one round on
 the full preset lost about a point on dev (docs/experiments.md, "self-improving loop").
 
+With `members: N` (YAML) N models answer as a committee (`committee.py`):
+the first is trained as above, the others on the same labels with seeds
+seed+1, … (models/minilm-s1, …), each with its own scorer, and eval pools
+their answers. Each member costs a training (about 45 minutes on 2 cores) and
+a solve per question. Off by default (one model).
+
 Presets are data (`PRESETS`, or a YAML file given to `--config`).
 """
 
@@ -35,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import typer
+
+from .errors import BadInput
 
 
 @dataclass
@@ -67,6 +75,9 @@ class PipelineConfig:
     # The self-improving loop (DESIGN.md §8): rounds of improve → train with the students' graphs → scorer, stopped
     # once GSM8K dev gains under 1 point; 0: none. One round on the full preset: dev 14.6–15.2% → 13.4–14.0%.
     improve_rounds: int = 0
+    # Models answering together (committee.py): the first as above, the others trained on the same labels with seeds
+    # seed+1, seed+2, … (models/NAME-sSEED), each with its own scorer. Each costs a training and a solve per question.
+    members: int = 1
 
 
 PRESETS = {
@@ -80,6 +91,9 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     from .backbone import model_name
     from .cli import app
     from .store import TraceStore, atomic_write
+
+    if cfg.members < 1:
+        raise BadInput(f"members is how many models answer together, at least 1 (got {cfg.members})")
 
     def stage(name: str, args: list[str]) -> None:
         typer.echo(f"\n── {name} " + "─" * max(0, 60 - len(name)), err=True)
@@ -116,9 +130,13 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
     else:
         stage("labels build", ["labels", "build", "--regions", cfg.regions, *common])
     layers = ["--encoder-layers", str(cfg.encoder_layers)] if cfg.encoder_layers is not None else []  # 0: train says no
-    train = ["train", "--backbone", cfg.backbone, *layers, "--epochs", str(cfg.epochs), "--batch-size",
-             str(cfg.batch_size), "--schedule", cfg.schedule, "--plan-loss-weight", str(cfg.plan_loss_weight),
-             "--seed", str(cfg.seed), *common]
+
+    def train_args(seed: int) -> list[str]:
+        return ["train", "--backbone", cfg.backbone, *layers, "--epochs", str(cfg.epochs), "--batch-size",
+                str(cfg.batch_size), "--schedule", cfg.schedule, "--plan-loss-weight", str(cfg.plan_loss_weight),
+                "--seed", str(seed), *common]
+
+    train = train_args(cfg.seed)
     stage("train", train)
     name = model_name(cfg.backbone, cfg.encoder_layers)
     model = run_dir / "models" / name
@@ -144,6 +162,12 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
             model, accuracy = new, accuracy + gained
         if gained < 0.01:  # DESIGN.md §8: repeat until the gain is under 1%
             break
-    stage("eval", ["eval", "--dataset", ",".join(cfg.eval_datasets), "--model", str(model),
+    models = [model]
+    for k in range(1, cfg.members):  # trained like the first model (the teacher's labels; no students' graphs)
+        member = model.with_name(f"{name}-s{cfg.seed + k}")
+        stage(f"train (member {k + 1} of {cfg.members})", [*train_args(cfg.seed + k), "--out", str(member)])
+        scorer(f"scorer (member {k + 1} of {cfg.members})", member)
+        models.append(member)
+    stage("eval", ["eval", "--dataset", ",".join(cfg.eval_datasets), "--model", ",".join(map(str, models)),
                    "--out", str(run_dir / "eval"), "--beam", str(cfg.beam), "--groupings", str(cfg.groupings),
                    *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else [])])

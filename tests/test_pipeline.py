@@ -28,14 +28,15 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "teacher": tiny_teacher_dir, "dev": 4, "fit": 8, "extra_limit": 2,
                                    "select": 2, "signals_limit": 12, "epochs": 1, "eval_limit": 4, "scorer_limit": 8, "scorer_dev_limit": 4,
                                    "eval_datasets": ["gsm8k", "asdiv"], "seed": 3, "schedule": "linear", "plan_loss_weight": 0.5,
-                                   "improve_rounds": 1, "encoder_layers": 2}))
+                                   "improve_rounds": 1, "encoder_layers": 2, "members": 2}))
     first = mycelium("run", "--config", str(cfg))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "acc %" in first.stdout and "eval/index.html" in first.stdout
     run = tmp_path / "run"
     for path in ("traces/manifest.json", "signals/report.json", "labels/labels.jsonl", "models/minilm-l2/model.safetensors", "models/minilm-l2/scorer.json",
                  "eval/gsm8k_test.jsonl", "eval/index.html", "pipeline.json",
-                 "labels/students-r1.jsonl", "labels/students-r1.json", "models/minilm-l2-r1/scorer.json"):
+                 "labels/students-r1.jsonl", "labels/students-r1.json", "models/minilm-l2-r1/scorer.json",
+                 "models/minilm-l2-s4/model.safetensors", "models/minilm-l2-s4/scorer.json"):
         assert (run / path).exists(), path
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["traced"] == 14  # GSM8K 12, ASDiv fit 2
     assert {"gsm8k", "asdiv"} == {json.loads(x)["id"].split("/")[0] for x in (run / "labels" / "labels.jsonl").read_text().split("\n") if x}
@@ -46,6 +47,9 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     assert fingerprint["model"]["specialists"]["encoder_layers"] == 2  # and the cut backbone: MiniLM's first 2 layers
     assert "fitted on 8 GSM8K fit problems and 8 asdiv fit problems" in first.stdout  # the scorer, on training's extra too
     assert "round 1: GSM8K dev" in first.stderr  # the self-improving loop ran one round and measured it
+    with safe_open(str(run / "models" / "minilm-l2-s4" / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["fingerprint"]["train"]["seed"] == 4  # the second member: seed + 1
+    assert "[2 models]" in first.stderr  # and the two answered the evaluation as a committee
     again = mycelium("run", "--config", str(cfg))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "harvested by this model with these settings: kept" in again.stdout
@@ -68,3 +72,7 @@ def test_run_bad_input(tmp_path):
     bad.write_text("colour: blue\n")
     out = mycelium("run", "--config", str(bad))
     assert out.returncode == 2 and "unknown PipelineConfig setting" in out.stderr
+    bad.write_text(f"run: {tmp_path / 'run'}\nmembers: 0\n")
+    out = mycelium("run", "--config", str(bad))
+    assert out.returncode == 2 and "members is how many models answer together" in out.stderr
+    assert not (tmp_path / "run").exists()  # refused before any stage ran
