@@ -521,13 +521,14 @@ def _require_model(model: str) -> None:
         raise MissingFile(f"no trained specialists in {model}: run `mycelium train` first (or pass --model)")
 
 
-def _solver(model: str, beam: int, groupings: int, batch_size: int, plan: str = "learned", **more):
+def _solver(model: str | list[str], beam: int, groupings: int, batch_size: int, plan: str = "learned", **more):
+    """A solver for --model (one folder, or a committee of several), or for the folders `_models` already read."""
     from .solver import Solver, SolverConfig
 
     if plan not in ("learned", "enumerate"):
         raise BadInput(f"--plan is learned or enumerate, not {plan!r}")
     config = SolverConfig(beam=beam, groupings=groupings, batch_size=batch_size, plan=plan, **more)  # checks the numbers
-    folders = _models(model)
+    folders = _models(model) if isinstance(model, str) else model
     for folder in folders:
         _require_model(folder)
     if len(folders) > 1:
@@ -674,7 +675,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
     if folder.exists() and not folder.is_dir():
         raise BadInput(f"--out is the report's folder, and {folder} is a file")
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
-    solver = _solver(model, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
+    solver = _solver(folders, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
                      plan_weight=plan_weight, scorer=scorer, workers=workers, encoder_dtype=dtype)
 
     def made(member_folder: str, member) -> dict:
