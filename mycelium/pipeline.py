@@ -26,7 +26,8 @@ the full preset lost about a point on dev (docs/experiments.md, "self-improving 
 
 With `members: N` (YAML) N models answer as a committee (`committee.py`):
 the first is trained as above, the others on the same labels with seeds
-seed+1, … (models/minilm-s1, …), each with its own scorer, and eval pools
+seed+1, … (models/minilm-s1, …; with the students' graphs too when a
+round of the loop above made the kept model), each with its own scorer, and eval pools
 their answers. Each member costs a training (about 45 minutes on 2 cores) and
 a solve per question. Off by default (one model).
 
@@ -150,6 +151,7 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
         return json.loads((folder / "scorer.json").read_text())["dev_accuracy"] or 0.0
 
     accuracy = scorer("scorer", model)
+    labelled = []  # what the kept model trained on beside the teacher's labels: its round's students' graphs, if any
     for r in range(1, cfg.improve_rounds + 1):
         students = run_dir / "labels" / f"students-r{r}.jsonl"
         stage(f"improve (round {r})", ["improve", "--model", str(model), "--out", str(students), *search,
@@ -159,13 +161,13 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
         gained = scorer(f"scorer (round {r})", new) - accuracy
         typer.echo(f"\n── round {r}: GSM8K dev {accuracy:.1%} → {accuracy + gained:.1%}", err=True)
         if gained > 0:
-            model, accuracy = new, accuracy + gained
+            model, accuracy, labelled = new, accuracy + gained, ["--students", str(students)]
         if gained < 0.01:  # DESIGN.md §8: repeat until the gain is under 1%
             break
     models = [model]
-    for k in range(1, cfg.members):  # trained like the first model (the teacher's labels; no students' graphs)
+    for k in range(1, cfg.members):  # trained like the kept model, on the same labels, with the next seeds
         member = model.with_name(f"{name}-s{cfg.seed + k}")
-        stage(f"train (member {k + 1} of {cfg.members})", [*train_args(cfg.seed + k), "--out", str(member)])
+        stage(f"train (member {k + 1} of {cfg.members})", [*train_args(cfg.seed + k), *labelled, "--out", str(member)])
         scorer(f"scorer (member {k + 1} of {cfg.members})", member)
         models.append(member)
     stage("eval", ["eval", "--dataset", ",".join(cfg.eval_datasets), "--model", ",".join(map(str, models)),

@@ -3,12 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from safetensors import safe_open
 
-from mycelium.pipeline import PRESETS
+from mycelium.pipeline import PRESETS, PipelineConfig, run
+from mycelium.store import TraceStore
 
 
 def mycelium(*args):
@@ -20,6 +22,42 @@ def test_presets_are_data():
     assert full.fit is None and full.dev is None and full.eval_limit is None  # all of GSM8K train; whole test sets
     assert full.extra == ["asdiv"] and full.extra_limit is None and quick.extra_limit  # ASDiv fit as extra training data
     assert quick.fit and quick.dev and quick.eval_limit and quick.run != full.run
+
+
+@pytest.mark.parametrize("gain", [0.05, -0.02])
+def test_members_train_on_what_the_kept_model_trained_on(tmp_path, monkeypatch, gain):
+    """A committee's later members get the students' graphs exactly when a round of the loop made the kept model.
+
+    The stages are the CLI's commands; a stand-in records each and writes only what the pipeline reads next."""
+    run_dir = tmp_path / "run"
+    TraceStore(run_dir / "traces", config={"teacher": "stand-in"}).save_manifest()
+    calls = []
+
+    def app(args, standalone_mode):
+        calls.append(args)
+        if args[:2] == ["signals", "report"]:
+            (run_dir / "signals").mkdir(parents=True, exist_ok=True)
+            (run_dir / "signals" / "report.json").write_text("{}")
+        elif args[0] == "scorer":
+            folder = Path(args[args.index("--model") + 1])
+            folder.mkdir(parents=True, exist_ok=True)
+            accuracy = 0.10 + (gain if folder.name.endswith("-r1") else 0.0)
+            (folder / "scorer.json").write_text(json.dumps({"dev_accuracy": accuracy}))
+
+    monkeypatch.setattr("mycelium.cli.app", app)
+    run(PipelineConfig(run=str(run_dir), improve_rounds=1, members=3, seed=5))
+    trains = {a[a.index("--out") + 1] if "--out" in a else "first": a for a in calls if a[0] == "train"}
+    students = str(run_dir / "labels" / "students-r1.jsonl")
+    round_one = trains[str(run_dir / "models" / "minilm-r1")]
+    assert "--students" not in trains["first"] and round_one[round_one.index("--students") + 1] == students
+    members = [trains[str(run_dir / "models" / f"minilm-s{seed}")] for seed in (6, 7)]
+    for seed, args in zip((6, 7), members):
+        assert args[args.index("--seed") + 1] == str(seed)
+        assert ("--students" in args) == (gain > 0)  # the round was kept, so its members learn from the same graphs
+        assert not ("--students" in args) or args[args.index("--students") + 1] == students
+    evaluated = calls[-1][calls[-1].index("--model") + 1].split(",")
+    first = "minilm-r1" if gain > 0 else "minilm"
+    assert [Path(m).name for m in evaluated] == [first, "minilm-s6", "minilm-s7"]
 
 
 @pytest.mark.slow
