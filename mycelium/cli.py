@@ -554,6 +554,8 @@ BeamOpt = typer.Option(4, help="alternatives kept per step decision")
 GroupingsOpt = typer.Option(16, help="candidate groupings (step plans) per problem")
 PlanOpt = typer.Option("learned", help="step regions from C1's learned plan, or 'enumerate'd from C1's spans")
 BatchOpt = typer.Option(32, "--batch-size", help="questions per encoder pass")
+StepBonusOpt = typer.Option(0.0, "--plan-step-bonus", help="added to C1's plan log prob per step when plans of "
+                            "different lengths compete for the candidates (a length prior; 0: none)")
 
 
 @app.command()
@@ -563,7 +565,7 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
           out_file: Optional[str] = typer.Option(None, "--out", help="with --file: write the answers here (resumes if killed), not to stdout"),
           as_json: bool = typer.Option(False, "--json"),
           beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, plan: str = PlanOpt,
-          workers: int = WorkersOpt, dtype: str = DtypeOpt):
+          step_bonus: float = StepBonusOpt, workers: int = WorkersOpt, dtype: str = DtypeOpt):
     """Answer from the question text alone: answer, operation graph, source spans."""
     from pathlib import Path
 
@@ -578,7 +580,8 @@ def solve(text: Optional[str] = typer.Argument(None, help="the problem text"),
         check_question(text)  # before the model loads: bad input fails fast
     if file and not Path(file).exists():
         raise BadInput(f"no such file: {file}")
-    solver = _solver(model, beam, groupings, batch_size, plan, workers=workers, encoder_dtype=dtype)
+    solver = _solver(model, beam, groupings, batch_size, plan, plan_step_bonus=step_bonus, workers=workers,
+                     encoder_dtype=dtype)
     if file:
         from .data import read_jsonl
 
@@ -646,6 +649,7 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
              dtype: str = DtypeOpt, threshold: float = typer.Option(0.5, help="C1 relevance a clause needs to be a span"),
              wiring_weight: float = typer.Option(1.0, help="weight of C5's wiring score"),
              plan: str = PlanOpt, plan_weight: float = typer.Option(1.0, help="weight of C1's plan score"),
+             step_bonus: float = StepBonusOpt,
              scorer: bool = typer.Option(True, "--scorer/--no-scorer", help="rank with the model's scorer.json if any"),
              source: str = SourceOpt, root: Optional[str] = RootOpt,
              fresh: bool = typer.Option(False, help="solve everything again, ignoring the answers of a killed run")):
@@ -676,7 +680,8 @@ def eval_cmd(dataset: str = typer.Option("gsm8k", help="comma-separated: gsm8k, 
         raise BadInput(f"--out is the report's folder, and {folder} is a file")
     problems = {n: load(n, which[n], source, root)[:limit] for n in names}
     solver = _solver(folders, beam, groupings, batch_size, plan, threshold=threshold, wiring_weight=wiring_weight,
-                     plan_weight=plan_weight, scorer=scorer, workers=workers, encoder_dtype=dtype)
+                     plan_weight=plan_weight, plan_step_bonus=step_bonus, scorer=scorer, workers=workers,
+                     encoder_dtype=dtype)
 
     def made(member_folder: str, member) -> dict:
         """What made a member's answers: its weights, its scorer, the solver's settings."""
@@ -711,7 +716,8 @@ def scorer_cmd(model: str = ModelOpt,
                                          "or two with its seed)"),
                dev_limit: Optional[int] = typer.Option(None, help="first N GSM8K dev problems to report on (default all)"),
                folds: int = typer.Option(5, help="cross-validation folds when fitting on dev"),
-               beam: int = BeamOpt, groupings: int = GroupingsOpt, batch_size: int = BatchOpt, workers: int = WorkersOpt,
+               beam: int = BeamOpt, groupings: int = GroupingsOpt, step_bonus: float = StepBonusOpt,
+               batch_size: int = BatchOpt, workers: int = WorkersOpt,
                dtype: str = DtypeOpt, source: str = SourceOpt, root: Optional[str] = RootOpt,
                refit: bool = typer.Option(False, help="fit again even when scorer.json was fitted on this model with these settings")):
     """Fit the learned ranking of candidate graphs (scorer.json beside the model) and report it on GSM8K dev."""
@@ -740,13 +746,14 @@ def scorer_cmd(model: str = ModelOpt,
     path = Path(model) / "scorer.json"
     wanted = provenance(Path(model), split=split, limit=limit, beam=beam, groupings=groupings, seeds=seeds,
                         encoder_dtype=encoder_dtype(dtype),  # its features come from the encoder's states
-                        **({"extra": extras} if extras else {}))  # none: as before the option, so older scorers are kept
+                        **({"extra": extras} if extras else {}),  # none: as before the option, so older scorers are kept
+                        **({"plan_step_bonus": step_bonus} if step_bonus else {}))  # likewise
     fitted = Scorer.load(path)
     if fitted is not None and fitted.fitted_on == wanted and fitted.dev_accuracy is not None and not refit:
         typer.echo(f"{path} is fitted on this model with these settings: kept (--refit to fit again)")
         return
-    solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True, workers=workers,
-                     encoder_dtype=dtype)
+    solver = _solver(model, beam, groupings, batch_size, scorer=False, keep_features=True, plan_step_bonus=step_bonus,
+                     workers=workers, encoder_dtype=dtype)
 
     def candidates(name: str, n: Optional[int], dataset: str = "gsm8k", held: Overlap | None = None) -> tuple[list, float]:
         """Per problem: ([candidate, feature], [candidate] reaches gold); and the log-probability ranking's accuracy.

@@ -87,6 +87,7 @@ class SolverConfig:
     plan: str = "learned"  # step regions from C1's learned plan, "enumerate"d from C1's spans, or "both"
     groupings: int = 16  # candidate groupings (plans) per problem; GSM8K dev: 8 → 15.2%, 16 → 15.8%, 24 → 14.2%, 48 → 13.6%
     beam: int = 4  # alternatives kept per step decision and partial graphs kept per grouping
+    plan_step_bonus: float = 0.0  # added to a plan's log prob per step when C1's plans compete (`plans`): a length prior
     batch_size: int = 32  # questions per encoder pass
     window: int = 8  # `solve_each` batches questions by length within this many batches at a time
     time_budget_s: float = 5.0  # per problem, after the shared encoder pass
@@ -185,12 +186,15 @@ def value_type(x: sympy.Expr) -> str:
 
 @torch.no_grad()
 def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[int, int]]], beam: int,
-          top: int) -> list[list[tuple[float, list]]]:
+          top: int, step_bonus: float = 0.0) -> list[list[tuple[float, list]]]:
     """C1's plan, beam-searched for a batch of questions: per question the `top` best step sequences.
 
     Each plan is (log prob, [region per step]), a region being a character
     span (a run of up to MAX_WIDTH clauses) or None for an implicit step that
     reads no clause. Every beam of every question advances together, on the states' device.
+    `step_bonus` is added to a plan's log prob per step when plans of different
+    lengths compete for the `top` (a length prior: every step costs log
+    probability, so the search favours short plans); the log probs returned are C1's own.
     """
     B, T, d = hidden.shape
     dev = hidden.device
@@ -239,9 +243,12 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
             stop, seq_rows, alive = (score + start_lp[..., K + 1]).tolist(), seqs.tolist(), score.max(1).values.tolist()
             searching = []
             for row, j in enumerate(live.tolist()):
-                finished[j] += [(stop[row][b], seq_rows[row][b]) for b in range(len(seq_rows[row])) if stop[row][b] > -1e3]
-                # Log probs only fall: once a question's top plans beat every live beam, nothing better can come.
-                if not (len(finished[j]) >= top and sorted(x[0] for x in finished[j])[-top] >= alive[row]):
+                finished[j] += [(stop[row][b] + step_bonus * k, stop[row][b], seq_rows[row][b])
+                                for b in range(len(seq_rows[row])) if stop[row][b] > -1e3]
+                # Log probs only fall, and the bonus grows by at most step_bonus a step: once a question's top plans
+                # beat every live beam's best possible end, nothing better can come.
+                best_end = alive[row] + step_bonus * (MAX_STEPS if step_bonus > 0 else k)
+                if not (len(finished[j]) >= top and sorted(x[0] for x in finished[j])[-top] >= best_end):
                     searching.append(row)
             if not searching:
                 break
@@ -269,7 +276,7 @@ def plans(model, hidden, attention_mask, offsets, clause_spans: list[list[tuple[
     out = []
     for j in range(B):
         ranked = sorted(finished[j], key=lambda x: -x[0])[:top]
-        out.append([(lp, [None if c == K * W else spans[j, c // W, c % W] for c in seq]) for lp, seq in ranked])
+        out.append([(lp, [None if c == K * W else spans[j, c // W, c % W] for c in seq]) for _, lp, seq in ranked])
     return out
 
 
@@ -704,7 +711,8 @@ class Solver:
         rows, owner, spans = [], [], {}
         if self.config.plan == "learned":
             planned = plans(self.model, hidden, tok["attention_mask"], tok["offset_mapping"],
-                            [c.spans for c in parsed], max(self.config.beam, self.config.groupings), self.config.groupings)
+                            [c.spans for c in parsed], max(self.config.beam, self.config.groupings), self.config.groupings,
+                            self.config.plan_step_bonus)
         for j, (i, clauses) in enumerate(zip(todo, parsed)):
             spans[i] = self._spans(clauses.spans, relevance[j], tok["offset_mapping"][j], tok["attention_mask"][j])
             if self.config.plan == "learned":

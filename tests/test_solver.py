@@ -183,6 +183,26 @@ def test_the_plan_beam_scores_a_plan_as_training_does():
         assert total == pytest.approx(lp, abs=1e-3), regions
 
 
+def test_the_plan_step_bonus_is_a_length_prior_over_c1s_own_log_probs():
+    """A per-step bonus lets longer plans into the top, ranks by log prob + bonus × steps, and returns C1's own
+    log probs."""
+    m = Specialists.create(SpecialistConfig(constants=["1/100", "365"]), seed=0).eval()
+    clauses = [(0, 48), (50, 93), (95, 154)]
+    tok = m.tokenizer([EXAMPLE["question"]], return_offsets_mapping=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = m.read(tok["input_ids"], tok["attention_mask"])
+        search = lambda bonus: plans(m, hidden, tok["attention_mask"], tok["offset_mapping"], [clauses], beam=8,  # noqa: E731
+                                     top=8, step_bonus=bonus)[0]
+        plain, long = search(0.0), search(3.0)
+    ranked = [lp + 3.0 * len(regions) for lp, regions in long]
+    assert ranked == sorted(ranked, reverse=True)
+    steps = lambda found: sum(len(regions) for _, regions in found) / len(found)  # noqa: E731
+    assert steps(long) > steps(plain)
+    own = {tuple(regions): lp for lp, regions in plain}
+    for lp, regions in long:  # a plan found by both searches has the same log prob in both
+        assert tuple(regions) not in own or own[tuple(regions)] == pytest.approx(lp, abs=1e-5)
+
+
 def test_value_type():
     assert [value_type(sympy.Rational(x)) for x in ("4", "5/2", "1/3", "-7")] == ["integer", "decimal", "fraction", "integer"]
 
