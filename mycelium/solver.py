@@ -87,7 +87,9 @@ class SolverConfig:
     plan: str = "learned"  # step regions from C1's learned plan, "enumerate"d from C1's spans, or "both"
     groupings: int = 16  # candidate groupings (plans) per problem; GSM8K dev: 8 → 15.2%, 16 → 15.8%, 24 → 14.2%, 48 → 13.6%
     beam: int = 4  # alternatives kept per step decision and partial graphs kept per grouping
-    plan_step_bonus: float = 0.0  # added to a plan's log prob per step when C1's plans compete (`plans`): a length prior
+    # Added to a plan's log prob per step when C1's plans compete (`plans`): a length prior. GSM8K dev / ASDiv dev:
+    # +1 19.8 / 51.8%, 0 21.0 / 51.8%, -0.5 20.2 / 53.6% (stop 40), so none.
+    plan_step_bonus: float = 0.0
     batch_size: int = 32  # questions per encoder pass
     window: int = 8  # `solve_each` batches questions by length within this many batches at a time
     time_budget_s: float = 5.0  # per problem, after the shared encoder pass
@@ -118,6 +120,8 @@ class SolverConfig:
         for name in ("groupings", "beam", "batch_size", "window"):
             if getattr(self, name) < 1:
                 raise BadInput(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not -1e3 < self.plan_step_bonus < 1e3:  # NaN too: it would leave the plans unordered
+            raise BadInput(f"plan-step-bonus must be a number of log probability per step (got {self.plan_step_bonus})")
         if not self.time_budget_s > 0:
             raise BadInput(f"time-budget-s must be above 0 (got {self.time_budget_s})")
         if self.encoder_dtype not in ("auto", "bfloat16", "float32"):

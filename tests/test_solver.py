@@ -42,7 +42,7 @@ def test_groupings_enumerate_merges_duplicates_and_drops():
 
 def test_solver_config_refuses_settings_that_cannot_run():
     for bad in ({"beam": 0}, {"groupings": -1}, {"batch_size": 0}, {"window": 0}, {"time_budget_s": 0},
-                {"encoder_dtype": "int8"}, {"workers": -1}):
+                {"encoder_dtype": "int8"}, {"workers": -1}, {"plan_step_bonus": float("nan")}, {"plan_step_bonus": 1e9}):
         with pytest.raises(BadInput, match="must be"):
             SolverConfig(**bad)
     assert SolverConfig(beam=1, groupings=1, batch_size=1).beam == 1
