@@ -96,6 +96,12 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     assert json.loads((run / "traces" / "manifest.json").read_text())["stats"]["last_run"]["problems"] == 0
     refit = mycelium("scorer", "--model", str(run / "models" / "minilm-l2"), "--limit", "8", "--dev-limit", "4", "--refit")
     assert refit.returncode == 0 and "fitted on 8 GSM8K fit" in refit.stdout, refit.stderr[-3000:]
+    scorer = run / "models" / "minilm-l2" / "scorer.json"
+    assert "plan_step_bonus" not in json.loads(scorer.read_text())["fitted_on"]  # the default leaves older scorers valid
+    bonus = mycelium("scorer", "--model", str(run / "models" / "minilm-l2"), "--limit", "8", "--dev-limit", "4",
+                     "--plan-step-bonus", "0.5")  # other candidates: not the scorer fitted without the prior
+    assert bonus.returncode == 0 and "kept (--refit" not in bonus.stdout, bonus.stderr[-3000:]
+    assert json.loads(scorer.read_text())["fitted_on"]["plan_step_bonus"] == 0.5
     cfg.write_text(cfg.read_text().replace("scorer_limit: 8", "scorer_limit: 6"))
     other = mycelium("run", "--config", str(cfg))  # a scorer fitted with other settings is not reused
     assert other.returncode == 0 and "kept (--refit" not in other.stdout and "fitted on 6 GSM8K fit" in other.stdout
