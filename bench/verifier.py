@@ -35,17 +35,15 @@ from mycelium.answer import answers_match
 from mycelium.backbone import backbone_folder
 from mycelium.data import load
 from mycelium.executor import execute
-from mycelium.graph import Source, _fmt
+from mycelium.graph import arithmetic
 from mycelium.scorer import by_answer
 from mycelium.solver import Solver, SolverConfig
 
 
-def arithmetic(graph) -> str:
+def as_text(graph) -> str:
     """A candidate as the verifier reads it: one "a op b = value" per step, the values executed."""
     values = execute(graph).values
-    return " ; ".join(f" {s.op.symbol} ".join(_fmt(values[o.ref] if o.source is Source.RESULT else o.value)
-                                              for o in s.operands) + f" = {_fmt(values[k])}"
-                      for k, s in enumerate(graph.steps))
+    return " ; ".join(arithmetic(s, values[k], values) for k, s in enumerate(graph.steps))
 
 
 def candidates(solver: Solver, dataset: str, split: str, limit: int | None) -> list[dict]:
@@ -53,7 +51,7 @@ def candidates(solver: Solver, dataset: str, split: str, limit: int | None) -> l
     problems = load(dataset, split)[:limit]
     out = []
     for p, sol in zip(problems, solver.solve_each([p.question for p in problems], f"solve {dataset}/{split}")):
-        cands = [{"text": arithmetic(c["graph"]), "answer": c["answer"], "score": c["score"],
+        cands = [{"text": as_text(c["graph"]), "answer": c["answer"], "score": c["score"],
                   "gold": bool(answers_match(c["answer"], p.answer))} for c in sol.candidates if c["ok"]]
         out.append({"question": p.question, "cands": cands})
     return out

@@ -134,18 +134,22 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def arithmetic(step: Step, result, values: list | None = None) -> str:
+    """One step as plain arithmetic, "8 * 3 = 24": earlier results read from `values` where given."""
+    arith = f" {step.op.symbol} ".join(_fmt(values[o.ref] if values and o.source is Source.RESULT else o.value)
+                                      for o in step.operands)
+    return arith + (f" = {_fmt(result)}" if result is not None else "")
+
+
 def render(graph: Graph, values: list | None = None) -> str:
     """A readable page: the marked question, then one line per step."""
     lines = [marked_question(graph), ""]
     for k, step in enumerate(graph.steps):
         args = ", ".join(o.name() for o in step.operands)
-        arith = f" {step.op.symbol} ".join(_fmt(values[o.ref] if values and o.source is Source.RESULT else o.value)
-                                          for o in step.operands)
         result = values[k] if values and k < len(values) else step.annotated
-        tail = f" = {_fmt(result)}" if result is not None else ""
         notes = [f"{o.name()} ambiguous: also " + ", ".join(f"{'q' if s is Source.QUANTITY else 's'}{r}" for s, r in o.alternatives)
                  for o in step.operands if o.ambiguous]
         mark = "   <- answer" if k == graph.answer else ""
-        lines.append(f"s{k} = {step.op.value}({args})".ljust(34) + f"{arith}{tail}{mark}")
+        lines.append(f"s{k} = {step.op.value}({args})".ljust(34) + arithmetic(step, result, values) + mark)
         lines += [" " * 6 + n for n in notes]
     return "\n".join(lines)
