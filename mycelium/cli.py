@@ -336,6 +336,57 @@ def labels_templates(run_dir: str = RunOpt, clusters: int = typer.Option(8, help
     typer.echo(f"wrote {path.parent / 'templates.json'}")
 
 
+@labels_app.command("augment")
+def labels_augment(run_dir: str = RunOpt, source: str = SourceOpt, root: Optional[str] = RootOpt,
+                   copies: int = typer.Option(2, help="new-number copies of each training problem (0: none)"),
+                   seed: int = typer.Option(0, help="the draw; another seed gives other numbers")):
+    """New-number copies of the training problems' labels (augment.py): RUN/labels/augmented.jsonl.
+
+    GSM8K dev and test problems get none; `mycelium train --augmented` trains on the copies beside the labels."""
+    import hashlib
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .augment import augment
+    from .data import load
+    from .store import atomic_write
+
+    if copies < 0:
+        raise BadInput(f"--copies must be 0 or more (got {copies})")
+    rows = labelled_rows(run_dir)
+    held = {p.id for split in ("dev", "test") for p in load("gsm8k", split, source, root)}
+    made = []
+    for row in tqdm(rows, desc="augment", unit="problem", disable=not sys.stderr.isatty()):
+        if row["id"] not in held:
+            made += augment(row, copies, seed)
+    out = Path(run_dir) / "labels"
+    atomic_write(out / "augmented.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in made).encode())
+    manifest = {"labels_sha1": hashlib.sha1((out / "labels.jsonl").read_bytes()).hexdigest(), "copies": copies,
+                "seed": seed, "examples": len(made), "problems": len({e["augmented_from"] for e in made}),
+                "of": sum(r["id"] not in held for r in rows)}
+    atomic_write(out / "augmented.json", json.dumps(manifest, indent=1).encode())
+    typer.echo(f"{manifest['examples']} copies of {manifest['problems']} of {manifest['of']} training problems "
+               f"(the others use an orphan operand, or no number in digits, or no draw kept whole results whole)")
+    typer.echo(f"wrote {out / 'augmented.jsonl'}")
+
+
+def augmented_rows(run_dir: str) -> list[dict]:
+    """RUN/labels/augmented.jsonl, checked to be made from the run's current labels."""
+    import hashlib
+    from pathlib import Path
+
+    from .errors import MissingFile
+
+    out = Path(run_dir) / "labels"
+    if not (out / "augmented.json").exists():
+        raise MissingFile(f"no augmented labels in {out}: run `mycelium labels augment --run {run_dir}` first")
+    made = json.loads((out / "augmented.json").read_text())
+    if made["labels_sha1"] != hashlib.sha1((out / "labels.jsonl").read_bytes()).hexdigest():
+        raise BadInput(f"{out / 'augmented.jsonl'} was made from other labels: run `mycelium labels augment` again")
+    return read_rows(out / "augmented.jsonl")
+
+
 def operand_constants(run, min_uses: int) -> list[str]:
     """C3's constant vocabulary: the domain constants (> 80% orphaned) and the values solutions often use
     without the problem or an earlier step supplying them (2 for "half", 60 for minutes per hour, …)."""
@@ -386,6 +437,8 @@ def train_cmd(run_dir: str = RunOpt,
                                                 "plus values orphaned at least this often"),
               students: Optional[str] = typer.Option(None, help="also train on these student graphs (a file written "
                                                      "by `mycelium improve`, e.g. RUN/labels/students.jsonl)"),
+              augmented: bool = typer.Option(False, "--augmented", help="also train on the new-number copies of "
+                                             "`mycelium labels augment` (RUN/labels/augmented.jsonl)"),
               out_dir: Optional[str] = typer.Option(None, "--out", help="model folder (default: RUN/models/BACKBONE)"),
               step_reader: bool = typer.Option(False, help="each step reads the whole question (a cross-attention) "
                                                "before the step heads; off: measured worse on GSM8K dev"),
@@ -412,14 +465,15 @@ def train_cmd(run_dir: str = RunOpt,
     from .training import TrainConfig, train
 
     run = Path(run_dir)
-    rows = labelled_rows(run_dir, students)
+    rows = labelled_rows(run_dir, students) + (augmented_rows(run_dir) if augmented else [])
     heads = HEADS if specialist == "all" else tuple(h.strip().lower() for h in specialist.split(","))
     if not set(heads) <= set(HEADS):
         raise BadInput(f"unknown specialist in {specialist!r}; use C1..C6 or all")
     dev_ids = {p.id for p in load("gsm8k", "dev")}
     test_ids = {p.id for p in load("gsm8k", "test")}
     dev = [r for r in rows if r["id"] in dev_ids]
-    train_set = [r for r in rows if r["id"] not in dev_ids and r["id"] not in test_ids]
+    held = dev_ids | test_ids  # a new-number copy of a held-out problem is held out with it
+    train_set = [r for r in rows if r["id"] not in held and r.get("augmented_from") not in held]
     held_out = Overlap(p.question for p in evaluation_sets())  # e.g. ASDiv fit repeats MAWPS test problems
     train_set, contaminated = leave_out(train_set, held_out)
     train_set = train_set[:limit]
@@ -449,7 +503,8 @@ def train_cmd(run_dir: str = RunOpt,
     best = max(state["history"], key=lambda h: h["score"])
     atomic_write(out / "metrics.json", json.dumps({"best": best, "history": state["history"],
                                                    "train_examples": len(train_set), "dev_examples": len(dev),
-                                                   "student_rows": students, "left_out_contaminated": contaminated},
+                                                   "student_rows": students, "augmented": augmented,
+                                                   "left_out_contaminated": contaminated},
                                                   indent=1).encode())
     typer.echo(f"trained on {len(train_set)} examples; best dev epoch {best['epoch']}: " + "  ".join(
         f"{k} {v:.3f}" for k, v in best.items() if k.startswith("c")))

@@ -79,6 +79,9 @@ class PipelineConfig:
     # Models answering together (committee.py): the first as above, the others trained on the same labels with seeds
     # seed+1, seed+2, … (models/NAME-sSEED), each with its own scorer. Each costs a training and a solve per question.
     members: int = 1
+    # New-number copies of each training problem (augment.py; `mycelium labels augment`), trained on beside the
+    # labels; 0: none.
+    augment_copies: int = 0
 
 
 PRESETS = {
@@ -130,12 +133,24 @@ def run(cfg: PipelineConfig, root: str | None = None) -> None:
         typer.echo("── labels: cached (made from these traces and signals)", err=True)
     else:
         stage("labels build", ["labels", "build", "--regions", cfg.regions, *common])
+    augmented = []
+    if cfg.augment_copies:
+        made = run_dir / "labels" / "augmented.json"
+        made = json.loads(made.read_text()) if made.exists() else {}
+        labels_sha = hashlib.sha1((run_dir / "labels" / "labels.jsonl").read_bytes()).hexdigest()
+        if (made.get("labels_sha1"), made.get("copies"), made.get("seed")) == (labels_sha, cfg.augment_copies,
+                                                                               cfg.seed):
+            typer.echo("── labels augment: cached (made from these labels)", err=True)
+        else:
+            stage("labels augment", ["labels", "augment", "--copies", str(cfg.augment_copies), "--seed",
+                                     str(cfg.seed), *common])
+        augmented = ["--augmented"]
     layers = ["--encoder-layers", str(cfg.encoder_layers)] if cfg.encoder_layers is not None else []  # 0: train says no
 
     def train_args(seed: int) -> list[str]:
         return ["train", "--backbone", cfg.backbone, *layers, "--epochs", str(cfg.epochs), "--batch-size",
                 str(cfg.batch_size), "--schedule", cfg.schedule, "--plan-loss-weight", str(cfg.plan_loss_weight),
-                "--seed", str(seed), *common]
+                "--seed", str(seed), *augmented, *common]
 
     train = train_args(cfg.seed)
     stage("train", train)
