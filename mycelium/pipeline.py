@@ -31,6 +31,11 @@ round of the loop above made the kept model), each with its own scorer, and eval
 their answers. Each member costs a training (about 45 minutes on 2 cores) and
 a solve per question. Off by default (one model).
 
+With `augment_copies: N` (YAML) a `labels augment` stage makes N
+new-number copies of each training problem's labels (`augment.py`) and every
+model trains on them beside the labels. Off by default: two copies left GSM8K
+dev where it was (docs/experiments.md, stop 42).
+
 Presets are data (`PRESETS`, or a YAML file given to `--config`).
 """
 

@@ -60,6 +60,49 @@ def test_members_train_on_what_the_kept_model_trained_on(tmp_path, monkeypatch, 
     assert [Path(m).name for m in evaluated] == [first, "minilm-s6", "minilm-s7"]
 
 
+def test_augmented_copies_are_made_once_and_every_member_trains_on_them(tmp_path, monkeypatch):
+    """`augment_copies` adds a `labels augment` stage, cached on the labels it was made from, and `--augmented`
+    to every training; without it neither appears."""
+    import hashlib
+
+    run_dir = tmp_path / "run"
+    TraceStore(run_dir / "traces", config={"teacher": "stand-in"}).save_manifest()
+    calls = []
+
+    def app(args, standalone_mode):
+        calls.append(args)
+        labels = run_dir / "labels"
+        if args[:2] == ["signals", "report"]:
+            (run_dir / "signals").mkdir(parents=True, exist_ok=True)
+            (run_dir / "signals" / "report.json").write_text("{}")
+        elif args[:2] == ["labels", "build"]:
+            labels.mkdir(parents=True, exist_ok=True)
+            (labels / "labels.jsonl").write_text('{"id": "gsm8k/train/0"}\n')
+        elif args[:2] == ["labels", "augment"]:
+            sha = hashlib.sha1((labels / "labels.jsonl").read_bytes()).hexdigest()
+            copies, seed = int(args[args.index("--copies") + 1]), int(args[args.index("--seed") + 1])
+            (labels / "augmented.json").write_text(json.dumps({"labels_sha1": sha, "copies": copies, "seed": seed}))
+        elif args[0] == "scorer":
+            folder = Path(args[args.index("--model") + 1])
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "scorer.json").write_text(json.dumps({"dev_accuracy": 0.1}))
+
+    monkeypatch.setattr("mycelium.cli.app", app)
+    run(PipelineConfig(run=str(run_dir), members=2, seed=5, augment_copies=3))
+    augments = [a for a in calls if a[:2] == ["labels", "augment"]]
+    assert len(augments) == 1 and augments[0][augments[0].index("--copies") + 1] == "3"
+    trains = [a for a in calls if a[0] == "train"]
+    assert len(trains) == 2 and all("--augmented" in a for a in trains)
+    calls.clear()
+    run(PipelineConfig(run=str(run_dir), members=2, seed=5, augment_copies=3))  # made from these labels: kept
+    assert not [a for a in calls if a[:2] == ["labels", "augment"]]
+    run(PipelineConfig(run=str(run_dir), members=1, seed=5, augment_copies=2))  # other copies: made again
+    assert [a for a in calls if a[:2] == ["labels", "augment"]]
+    calls.clear()
+    run(PipelineConfig(run=str(run_dir), seed=5))
+    assert not [a for a in calls if a[:2] == ["labels", "augment"] or "--augmented" in a]
+
+
 @pytest.mark.slow
 def test_run_end_to_end_then_cached(tmp_path, tiny_teacher_dir):
     cfg = tmp_path / "small.yaml"
