@@ -48,7 +48,8 @@ def _write(value: Fraction, like: str) -> str:
 
 
 def draw(value: Fraction, like: str, percent: bool, rng: random.Random) -> Fraction | None:
-    """A new value near `value` (half to one and a half times it; small counts 1 to twice theirs)."""
+    """A new value near `value`: half to one and a half times it (counts up to 12: 2 to twice theirs), as round as it
+    in its last written place; None when nothing else can be drawn."""
     places = len(like.split(".")[1]) if "." in like else 0
     unit = Fraction(1, 10 ** places)
     steps = value / unit  # the value in its last written place
@@ -161,8 +162,8 @@ def _rewrite(row: dict, parts: list, new: dict, old_graph: Graph):
             q["value"] = str(sympy.Rational(new[Fraction(q["value"])]))
     ex["clauses"] = [span(c) for c in ex.get("clauses", [])]
     ex["relevance"] = [span(r) for r in ex.get("relevance", [])]
-    scale = {i: sympy.Rational(ex["quantities"][i]["value"]) / sympy.Rational(row["quantities"][i]["value"])
-             for i in range(len(row["quantities"]))}
+    scale = {i: sympy.Rational(ex["quantities"][i]["value"]) / sympy.Rational(q["value"]) if p else sympy.Integer(1)
+             for i, (q, p) in enumerate(zip(row["quantities"], parts))}  # drawn values are never 0
     for st in ex.get("steps", []):
         st["region"] = span(st.get("region"))
         if st["region"]:

@@ -132,3 +132,14 @@ def test_labels_augment_command_writes_copies_and_train_refuses_stale_ones(tmp_p
     with pytest.raises(BadInput, match="made from other labels"):
         augmented_rows(run)
     assert_clean_error(mycelium("labels", "augment", "--run", run, "--copies", "-1"), "--copies must be 0 or more")
+
+
+def test_a_spelled_out_zero_beside_digits_is_left_alone():
+    q = "Sam had zero debts and 40 dollars. He spent 15 dollars. How many dollars are left?"
+    row = _row(q, [("sub", [("quantity", 1), ("quantity", 2)]), ("add", [("result", 0), ("quantity", 0)])],
+               [(0, q.index(" He")), (q.index("He"), len(q) - 1)], answer=1)
+    copies = augment(row, 2)
+    assert copies and all(c["quantities"][0]["text"] == "zero" for c in copies)
+    for c in copies:
+        v = [sympy.Rational(m["value"]) for m in c["quantities"]]
+        assert sympy.Rational(c["answer"]) == v[1] - v[2] > 0
